@@ -1,0 +1,235 @@
+"""Face detection, alignment and normalisation: the one module that training and serving share.
+
+Training builds its crop cache with `FacePipeline.process` and the service calls the very same
+method, with parameters taken from the model's manifest, so the two cannot drift apart.
+
+Detection is MediaPipe BlazeFace (`mp.solutions.face_detection`, bundled in the 0.10.21 wheel, no
+download). Alignment is a least-squares similarity transform from four keypoints (eyes, nose tip,
+mouth centre) to the manifest's canonical template.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.manifest import AlignmentSpec, Normalisation
+
+# MediaPipe's keypoint order for face_detection.
+KEYPOINT_INDEX = {
+    "right_eye": 0,
+    "left_eye": 1,
+    "nose_tip": 2,
+    "mouth_center": 3,
+    "right_ear_tragion": 4,
+    "left_ear_tragion": 5,
+}
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    min_score: float = 0.5
+    # Faces that fill the frame (selfies, already-cropped uploads, UTKFace) are missed or badly
+    # localised by BlazeFace unless the image is padded first: we pad every side by this fraction.
+    pad_fraction: float = 0.25
+    # Detection runs on a copy whose longest side is at most this; alignment uses full resolution.
+    max_side: int = 1280
+    # "short": short-range model (128 px input) on the padded image; precise keypoints for faces
+    # that fill a good part of the frame (measured on UTKFace: eye-distance spread 0.021 vs 0.048
+    # for full-range). "full": full-range model (192 px input) on the unpadded image; finds small
+    # faces in group photos. "auto" runs both and keeps short-range's detection where they overlap.
+    model: str = "auto"
+    # Two detections whose boxes overlap more than this are the same face.
+    nms_iou: float = 0.3
+
+
+@dataclass
+class DetectedFace:
+    box: tuple[float, float, float, float]  # x, y, width, height in image pixels
+    score: float
+    keypoints: NDArray[np.float32] = field(repr=False)  # (6, 2) x, y in image pixels
+
+    @property
+    def area(self) -> float:
+        return self.box[2] * self.box[3]
+
+
+@dataclass
+class AlignedFace:
+    face: DetectedFace
+    crop: NDArray[np.uint8]  # (S, S, 3) RGB
+
+
+class FaceDetector:
+    """BlazeFace wrapper. MediaPipe graphs are not thread-safe: each model is guarded by a lock."""
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        import mediapipe as mp  # deferred: importing mediapipe costs ~1 s
+
+        self.config = config or DetectorConfig()
+        self._mp = mp
+        self._models: dict[int, object] = {}
+        self._locks: dict[int, threading.Lock] = {0: threading.Lock(), 1: threading.Lock()}
+
+    def _model(self, selection: int) -> object:
+        if selection not in self._models:
+            self._models[selection] = self._mp.solutions.face_detection.FaceDetection(
+                model_selection=selection, min_detection_confidence=self.config.min_score
+            )
+        return self._models[selection]
+
+    def _run(self, rgb: NDArray[np.uint8], selection: int, pad: float) -> list[DetectedFace]:
+        h, w = rgb.shape[:2]
+        scale = min(1.0, self.config.max_side / max(h, w))
+        small = rgb
+        if scale < 1.0:
+            small = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        sh, sw = small.shape[:2]
+        p = round(pad * max(sh, sw))
+        if p > 0:
+            # Constant (black) border: a reflected border would mirror the face and create twins.
+            small = cv2.copyMakeBorder(small, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        ph, pw = small.shape[:2]
+        with self._locks[selection]:
+            result = self._model(selection).process(np.ascontiguousarray(small))
+        faces: list[DetectedFace] = []
+        for det in result.detections or []:
+            loc = det.location_data
+            bb = loc.relative_bounding_box
+            kps = np.array([[k.x * pw, k.y * ph] for k in loc.relative_keypoints], dtype=np.float32)
+            kps = (kps - p) / scale
+            x0 = max(0.0, (bb.xmin * pw - p) / scale)
+            y0 = max(0.0, (bb.ymin * ph - p) / scale)
+            x1 = min(float(w), ((bb.xmin + bb.width) * pw - p) / scale)
+            y1 = min(float(h), ((bb.ymin + bb.height) * ph - p) / scale)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            faces.append(DetectedFace((x0, y0, x1 - x0, y1 - y0), float(det.score[0]), kps))
+        return faces
+
+    def detect(self, rgb: NDArray[np.uint8]) -> list[DetectedFace]:
+        cfg = self.config
+        if cfg.model not in ("short", "full", "auto"):
+            raise ValueError(f"unknown detector model {cfg.model!r}")
+        faces: list[DetectedFace] = []
+        if cfg.model in ("short", "auto"):
+            faces = _nms(self._run(rgb, 0, cfg.pad_fraction), cfg.nms_iou)
+        if cfg.model in ("full", "auto"):
+            for extra in _nms(self._run(rgb, 1, 0.0), cfg.nms_iou):
+                if all(_iou(extra.box, f.box) <= cfg.nms_iou for f in faces):
+                    faces.append(extra)
+        faces.sort(key=lambda f: (f.box[1], f.box[0]))
+        return faces
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.close()  # type: ignore[attr-defined]
+        self._models.clear()
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0.0, min(ax1, bx1) - max(a[0], b[0]))
+    ih = max(0.0, min(ay1, by1) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _nms(faces: list[DetectedFace], iou: float) -> list[DetectedFace]:
+    kept: list[DetectedFace] = []
+    for face in sorted(faces, key=lambda f: -f.score):
+        if all(_iou(face.box, k.box) <= iou for k in kept):
+            kept.append(face)
+    return kept
+
+
+def similarity_transform(src: NDArray[np.floating], dst: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src to dst (Umeyama).
+
+    Returns a 2x3 matrix. Written out because cv2.estimateAffinePartial2D is a robust (RANSAC/LMedS)
+    estimator: with four points it may ignore one, which makes crops jump between frames.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    sc, dc = src - mu_s, dst - mu_d
+    cov = dc.T @ sc / len(src)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1
+    rot = u @ np.diag(d) @ vt
+    var_s = (sc**2).sum() / len(src)
+    scale = (s * d).sum() / var_s
+    t = mu_d - scale * rot @ mu_s
+    return np.hstack([scale * rot, t[:, None]])
+
+
+def align_face(rgb: NDArray[np.uint8], keypoints: NDArray[np.floating], spec: AlignmentSpec) -> NDArray[np.uint8]:
+    """Warp the face so its keypoints land on the template; returns (S, S, 3) uint8."""
+    idx = [KEYPOINT_INDEX[name] for name in spec.keypoints]
+    src = np.asarray(keypoints, dtype=np.float64)[idx]
+    dst = np.asarray(spec.template_pixels(), dtype=np.float64)
+    m = similarity_transform(src, dst)
+    scale = float(np.hypot(m[0, 0], m[0, 1]))
+    img = rgb
+    if scale < 0.5:
+        # Shrinking by more than 2x with bilinear sampling aliases. Pre-shrink only the region
+        # the crop reads, with area averaging, so a 1000 px face and a 120 px face give the same
+        # crop; this keeps phone photos on the training distribution.
+        inv = cv2.invertAffineTransform(m)
+        s = spec.crop_size
+        corners = np.array([[0, 0, 1], [s, 0, 1], [0, s, 1], [s, s, 1]], dtype=np.float64) @ inv.T
+        h, w = rgb.shape[:2]
+        x0 = int(max(0, np.floor(corners[:, 0].min()) - 2))
+        y0 = int(max(0, np.floor(corners[:, 1].min()) - 2))
+        x1 = int(min(w, np.ceil(corners[:, 0].max()) + 2))
+        y1 = int(min(h, np.ceil(corners[:, 1].max()) + 2))
+        if x1 > x0 and y1 > y0:
+            factor = scale * 2.0
+            roi = rgb[y0:y1, x0:x1]
+            nw, nh = max(1, round(roi.shape[1] * factor)), max(1, round(roi.shape[0] * factor))
+            img = cv2.resize(roi, (nw, nh), interpolation=cv2.INTER_AREA)
+            fx, fy = nw / roi.shape[1], nh / roi.shape[0]
+            # Map from the shrunk ROI's coordinates: p_roi = (p - (x0, y0)) * f
+            shift = np.array([[1 / fx, 0, x0], [0, 1 / fy, y0], [0, 0, 1]], dtype=np.float64)
+            m = m @ shift
+    return cv2.warpAffine(
+        img,
+        m,
+        (spec.crop_size, spec.crop_size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+def normalise(crops: NDArray[np.uint8], norm: Normalisation) -> NDArray[np.float32]:
+    """(N, S, S, 3) uint8 RGB -> (N, 3, S, S) float32, as the manifest says."""
+    x = np.asarray(crops, dtype=np.float32) * (1.0 / 255.0)
+    mean = np.asarray(norm.mean, dtype=np.float32)
+    std = np.asarray(norm.std, dtype=np.float32)
+    x = (x - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+class FacePipeline:
+    """Detect every face and align each to the manifest's template."""
+
+    def __init__(self, spec: AlignmentSpec, detector: FaceDetector | None = None) -> None:
+        self.spec = spec
+        self.detector = detector or FaceDetector()
+
+    def process(self, rgb: NDArray[np.uint8]) -> list[AlignedFace]:
+        return [AlignedFace(f, align_face(rgb, f.keypoints, self.spec)) for f in self.detector.detect(rgb)]
+
+    def largest(self, rgb: NDArray[np.uint8]) -> AlignedFace | None:
+        faces = self.detector.detect(rgb)
+        if not faces:
+            return None
+        best = max(faces, key=lambda f: f.area * f.score)
+        return AlignedFace(best, align_face(rgb, best.keypoints, self.spec))

@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI + onnxruntime on CPU. Never imports torch."""

@@ -1,0 +1,119 @@
+"""Image bytes -> faces with ages. Decoding, detection and alignment come from agelens (shared
+with training); inference runs every face of a request (or of a whole batch) in one call."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from agelens.faces import AlignedFace, DetectorConfig, FaceDetector, FacePipeline, align_face
+from agelens.imaging import decode_image
+from agelens.schemas import AgeDistribution, AgeInterval, Box, EstimateResponse, Face, ModelInfo, Timings
+from service.model import AgeModel
+from service.settings import Settings
+
+
+@dataclass
+class _Prepared:
+    width: int
+    height: int
+    faces: list[AlignedFace]
+    detected: int
+    decode_ms: float
+    detect_ms: float
+    align_ms: float
+
+
+class Estimator:
+    def __init__(self, model: AgeModel, settings: Settings) -> None:
+        self.model = model
+        self.settings = settings
+        detector = FaceDetector(
+            DetectorConfig(
+                min_score=settings.detector_min_score,
+                pad_fraction=settings.detector_pad_fraction,
+                model=settings.detector_model,
+            )
+        )
+        self.pipeline = FacePipeline(model.manifest.alignment, detector)
+        self.info = ModelInfo(name=model.manifest.name, version=model.manifest.version)
+
+    def warm_up(self) -> None:
+        # Runs both BlazeFace graphs once so the first user request does not pay for it.
+        self.pipeline.process(np.full((256, 256, 3), 128, dtype=np.uint8))
+
+    def _prepare(self, data: bytes) -> _Prepared:
+        t0 = time.perf_counter()
+        rgb = decode_image(data, max_pixels=self.settings.max_pixels)
+        t1 = time.perf_counter()
+        detections = self.pipeline.detector.detect(rgb)
+        t2 = time.perf_counter()
+        detected = len(detections)
+        if detected > self.settings.max_faces:
+            # Keep the largest faces (usually the subjects), in reading order.
+            keep = {id(f) for f in sorted(detections, key=lambda f: -f.area)[: self.settings.max_faces]}
+            detections = [f for f in detections if id(f) in keep]
+        faces = [AlignedFace(f, align_face(rgb, f.keypoints, self.pipeline.spec)) for f in detections]
+        t3 = time.perf_counter()
+        h, w = rgb.shape[:2]
+        return _Prepared(w, h, faces, detected, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+
+    def _crops(self, prepared: list[_Prepared]) -> NDArray[np.uint8]:
+        s = self.pipeline.spec.crop_size
+        crops = [f.crop for p in prepared for f in p.faces]
+        return np.stack(crops) if crops else np.zeros((0, s, s, 3), dtype=np.uint8)
+
+    def _responses(self, prepared: list[_Prepared], include_distribution: bool, started: float) -> list[EstimateResponse]:
+        crops = self._crops(prepared)
+        t0 = time.perf_counter()
+        level = self.settings.interval_level
+        preds = self.model.get(crops, level) if len(crops) else None
+        infer_ms = (time.perf_counter() - t0) * 1e3
+        ages = [int(a) for a in self.model.manifest.ages]
+        out: list[EstimateResponse] = []
+        i = 0
+        for p in prepared:
+            faces: list[Face] = []
+            for af in p.faces:
+                assert preds is not None
+                x, y, w, h = af.face.box
+                faces.append(Face(
+                    box=Box(x=round(x, 1), y=round(y, 1), width=round(w, 1), height=round(h, 1)),
+                    score=round(af.face.score, 4),
+                    age=round(float(preds.age[i]), 2),
+                    age_std=round(float(preds.std[i]), 2),
+                    age_interval=AgeInterval(low=float(preds.low[i]), high=float(preds.high[i]), level=level),
+                    distribution=AgeDistribution(
+                        ages=ages, probabilities=[round(float(v), 6) for v in preds.probabilities[i]]
+                    ) if include_distribution else None,
+                ))
+                i += 1
+            share = infer_ms * len(p.faces) / max(1, len(crops))
+            out.append(EstimateResponse(
+                model=self.info, image_width=p.width, image_height=p.height, faces=faces,
+                faces_detected=p.detected, truncated=p.detected > len(p.faces),
+                timings=Timings(decode_ms=round(p.decode_ms, 2), detect_ms=round(p.detect_ms, 2),
+                                align_ms=round(p.align_ms, 2), infer_ms=round(share, 2),
+                                total_ms=round((time.perf_counter() - started) * 1e3, 2)),
+            ))
+        return out
+
+    def estimate(self, data: bytes, include_distribution: bool = True) -> EstimateResponse:
+        started = time.perf_counter()
+        return self._responses([self._prepare(data)], include_distribution, started)[0]
+
+    def estimate_many(self, items: list[bytes], include_distribution: bool = True) -> list[EstimateResponse | Exception]:
+        """Per-image errors are returned in place; all faces of all good images share one model call."""
+        started = time.perf_counter()
+        prepared: list[_Prepared | Exception] = []
+        for data in items:
+            try:
+                prepared.append(self._prepare(data))
+            except ValueError as exc:
+                prepared.append(exc)
+        good = [p for p in prepared if isinstance(p, _Prepared)]
+        responses = iter(self._responses(good, include_distribution, started))
+        return [next(responses) if isinstance(p, _Prepared) else p for p in prepared]

@@ -1,0 +1,62 @@
+"""Batched, on-tensor augmentation for cached uint8 crops (no per-sample PIL work on the CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from agelens.manifest import Normalisation
+
+
+def to_float(batch_u8: Tensor) -> Tensor:
+    """(N, S, S, 3) uint8 -> (N, 3, S, S) float in [0, 1]."""
+    return batch_u8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalise(x: Tensor, norm: Normalisation) -> Tensor:
+    mean = torch.tensor(norm.mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def augment(
+    x: Tensor,
+    gen: torch.Generator,
+    max_rotate_deg: float = 10.0,
+    max_scale: float = 0.08,
+    max_shift: float = 0.06,
+    color: float = 0.25,
+    gray_p: float = 0.1,
+) -> tuple[Tensor, Tensor]:
+    """Flip, small similarity jitter (mimics detector keypoint noise), colour jitter, grayscale.
+
+    The geometric jitter matters: at serving time crops come from BlazeFace keypoints on photos,
+    which are noisier than on UTKFace's pre-aligned images. Returns the batch and its flip mask
+    (distillation uses the mask to pick the teacher's target for the mirrored crop).
+    """
+    n = x.shape[0]
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_rotate_deg)
+    scale = 1.0 + (torch.rand(n, generator=gen) * 2 - 1) * max_scale
+    tx = (torch.rand(n, generator=gen) * 2 - 1) * max_shift * 2
+    ty = (torch.rand(n, generator=gen) * 2 - 1) * max_shift * 2
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Colour: brightness, contrast, saturation, each per sample.
+    b = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * color
+    c = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * color
+    s = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * color
+    x = x * b
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c + mean
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    x = (x - gray) * s + gray
+    to_gray = (torch.rand(n, generator=gen) < gray_p).view(n, 1, 1, 1)
+    x = torch.where(to_gray, gray.expand_as(x), x)
+    return x.clamp_(0.0, 1.0), flip

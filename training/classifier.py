@@ -1,0 +1,219 @@
+"""Training loop for an age classifier: the student alone, the dark-knowledge teacher, or the
+student distilled from one or both teachers (the loss terms are switched by their weights).
+
+    loss = label_loss(student, y)
+         + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+         + beta  * hint(adapter(student_feature), ordinal_teacher_embedding)
+
+Checkpoints are written every epoch (`last.pt`) and on every val improvement (`best.pt`); a run
+that finds `last.pt` resumes from it, so an interrupted pipeline loses at most one epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from agelens.ages import expected_age, softmax
+from agelens.manifest import Normalisation
+from training.augment import augment, normalise, to_float
+from training.config import ClassifierConfig, DistillConfig
+from training.dataset import NUM_CLASSES, CachedData
+from training.evaluate import predict_logits
+from training.models import AgeClassifier, OrdinalTeacher
+
+log = logging.getLogger(__name__)
+AGES = torch.arange(NUM_CLASSES, dtype=torch.float32)
+
+
+@dataclass
+class TeacherTargets:
+    """Teacher outputs computed once per cached train crop and its mirror image: (N, 2, D).
+
+    Offline targets (as in "fast knowledge distillation") make a distillation epoch cost the same
+    as a plain one on this CPU; the student's small geometric and colour jitter leaves the face,
+    and so the teacher's answer about it, the same. Index 1 is the horizontally flipped crop.
+    """
+
+    dk_logits: Tensor | None = None
+    ordinal_embed: Tensor | None = None
+
+
+@torch.no_grad()
+def compute_teacher_targets(
+    crops: Tensor, norm: Normalisation, dk: AgeClassifier | None, ordinal: OrdinalTeacher | None, batch: int = 512
+) -> TeacherTargets:
+    outs: dict[str, list[Tensor]] = {"dk": [], "ord": []}
+    for t in (dk, ordinal):
+        if t is not None:
+            t.eval()
+    for i in range(0, len(crops), batch):
+        x = normalise(to_float(crops[i : i + batch]), norm)
+        pair = torch.stack([x, x.flip(3)], 1).flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        if dk is not None:
+            outs["dk"].append(dk(pair).view(len(x), 2, -1))
+        if ordinal is not None:
+            outs["ord"].append(ordinal.embed_faces(pair).view(len(x), 2, -1))
+    return TeacherTargets(
+        torch.cat(outs["dk"]) if outs["dk"] else None, torch.cat(outs["ord"]) if outs["ord"] else None
+    )
+
+
+def build_classifier(cfg: ClassifierConfig) -> AgeClassifier:
+    return AgeClassifier(NUM_CLASSES, cfg.widths, cfg.blocks, cfg.stem, cfg.dropout)
+
+
+def label_loss(logits: Tensor, ages: Tensor, sigma: float, l1_weight: float) -> Tensor:
+    logp = F.log_softmax(logits, dim=1)
+    if sigma > 0:
+        # Gaussian label distribution (DLDL, Gao et al. 2017): neighbouring ages share credit,
+        # which suits labels that are themselves estimates (UTKFace's README).
+        target = torch.exp(-((AGES.view(1, -1) - ages.view(-1, 1).float()) ** 2) / (2 * sigma**2))
+        target = target / target.sum(1, keepdim=True)
+        loss = -(target * logp).sum(1).mean()
+    else:
+        loss = F.nll_loss(logp, ages)
+    if l1_weight > 0:
+        loss = loss + l1_weight * (logp.exp() @ AGES - ages.float()).abs().mean()
+    return loss
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean", log_target=True,
+    ) * (t * t)
+
+
+def hint_loss(student_feat: Tensor, teacher_emb: Tensor, kind: str) -> Tensor:
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(student_feat, teacher_emb, dim=1)).mean()
+    return F.mse_loss(F.normalize(student_feat, dim=1), F.normalize(teacher_emb, dim=1)) * student_feat.shape[1]
+
+
+def val_mae(model: nn.Module, data: CachedData, norm: Normalisation) -> float:
+    logits = predict_logits(model, data.val.crops, norm)
+    pred = expected_age(softmax(logits), np.arange(NUM_CLASSES))
+    return float(np.abs(pred - data.val.ages.numpy()).mean())
+
+
+def train_classifier(
+    cfg: ClassifierConfig,
+    data: CachedData,
+    norm: Normalisation,
+    out_dir: Path,
+    targets: TeacherTargets | None = None,
+    distill: DistillConfig | None = None,
+) -> AgeClassifier:
+    """Train, keep the epoch with the best val MAE, and return that model (loaded from best.pt)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = targets or TeacherTargets()
+    distill = distill or DistillConfig(alpha=0.0, beta=0.0)
+    use_kd = targets.dk_logits is not None and distill.alpha > 0
+    use_hint = targets.ordinal_embed is not None and distill.beta > 0
+    torch.manual_seed(cfg.seed)
+    model = build_classifier(cfg).to(memory_format=torch.channels_last)
+    adapter: nn.Module | None = None
+    params = list(model.parameters())
+    if use_hint:
+        assert targets.ordinal_embed is not None
+        # Training-only projection from the student's pooled feature into the teacher's
+        # embedding space; it is not part of the exported student.
+        adapter = nn.Linear(model.feature_dim, targets.ordinal_embed.shape[-1])
+        params += list(adapter.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(data.train)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start_epoch, best = 0, float("inf")
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if last_path.exists():
+        state = torch.load(last_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        if adapter is not None and state.get("adapter"):
+            adapter.load_state_dict(state["adapter"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+        log.info("%s: resuming at epoch %d (best val MAE %.3f)", out_dir.name, start_epoch, best)
+
+    history = out_dir / "history.jsonl"
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        if adapter is not None:
+            adapter.train()
+        t0 = time.time()
+        perm = torch.randperm(n, generator=gen)
+        sums = {"loss": 0.0, "label": 0.0, "kd": 0.0, "hint": 0.0}
+        for step in range(steps_per_epoch):
+            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            xa, flipped = augment(to_float(data.train.crops[idx]), gen)
+            x = normalise(xa, norm).contiguous(memory_format=torch.channels_last)
+            y = data.train.ages[idx]
+            feat, logits = model.forward_features(x)
+            l_label = label_loss(logits, y, cfg.label_sigma, cfg.l1_weight)
+            loss = l_label
+            view = flipped.long()
+            if use_kd:
+                assert targets.dk_logits is not None
+                l_kd = kd_loss(logits, targets.dk_logits[idx, view], distill.temperature)
+                loss = loss + distill.alpha * l_kd
+                sums["kd"] += float(l_kd)
+            if use_hint:
+                assert targets.ordinal_embed is not None and adapter is not None
+                t_emb = targets.ordinal_embed[idx, view]
+                l_hint = hint_loss(adapter(feat), t_emb, distill.hint_loss)
+                loss = loss + distill.beta * l_hint
+                sums["hint"] += float(l_hint)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            sums["loss"] += float(loss)
+            sums["label"] += float(l_label)
+        mae = val_mae(model, data, norm)
+        improved = mae < best
+        if improved:
+            best = mae
+            torch.save({"model": model.state_dict(), "config": cfg.model_dump(), "epoch": epoch, "val_mae": mae}, best_path)
+        rec = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
+        rec.update(epoch=epoch, val_mae=round(mae, 4), seconds=round(time.time() - t0, 1), lr=opt.param_groups[0]["lr"])
+        with open(history, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        log.info("%s: epoch %d/%d loss %.3f val MAE %.3f%s (%.0fs)", out_dir.name, epoch + 1, cfg.epochs,
+                 rec["loss"], mae, " *" if improved else "", rec["seconds"])
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "gen": gen.get_state(), "epoch": epoch, "best": best,
+                    "adapter": adapter.state_dict() if adapter is not None else None}, last_path)
+    final = build_classifier(cfg)
+    final.load_state_dict(torch.load(best_path, weights_only=False)["model"])
+    final.eval()
+    return final
+
+
+def load_classifier(path: Path) -> AgeClassifier:
+    state = torch.load(path, weights_only=False)
+    model = build_classifier(ClassifierConfig.model_validate(state["config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model

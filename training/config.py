@@ -1,0 +1,93 @@
+"""Pipeline configuration, read from a TOML file (see training/configs/)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class DataConfig(BaseModel):
+    # "utkface": a folder in UTKFace naming with a committed split CSV; "csv": a CSV manifest.
+    kind: str = Field("utkface", pattern="^(utkface|csv)$")
+    root: Path = Path("../shared/datasets/utkface")
+    split: Path = Path("training/splits/utkface.csv")
+    cache: Path = Path("data/cache/utkface-64")
+    crop_size: int = 64
+    margin: float = 0.0
+    # Keep only this many records per split part (0 = all): the smoke config uses it.
+    limit_per_split: int = 0
+    workers: int = 2
+
+
+class ClassifierConfig(BaseModel):
+    widths: tuple[int, ...] = (48, 96, 128)
+    blocks: tuple[int, ...] = (1, 1, 1)
+    stem: int = 32
+    dropout: float = 0.1
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    # Label loss: cross-entropy to a Gaussian around the true age (sigma in years; 0 = one-hot)
+    # plus an L1 term on the expected age (weight per year of error).
+    label_sigma: float = 2.0
+    l1_weight: float = 0.05
+    seed: int = 0
+
+
+class OrdinalConfig(BaseModel):
+    k: int = Field(4, ge=3, le=4)
+    min_gap: int = 5
+    embed_dim: int = 128
+    widths: tuple[int, ...] = (64, 128, 192)
+    blocks: tuple[int, ...] = (1, 1, 2)
+    stem: int = 32
+    epochs: int = 6
+    # One "epoch" samples this many sequences (each of k faces).
+    sequences_per_epoch: int = 4000
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    eval_sequences: int = 2000
+    seed: int = 0
+
+
+class DistillConfig(BaseModel):
+    alpha: float = 1.0  # weight of T^2 * KL(teacher_T || student_T)
+    beta: float = 1.0  # weight of the hint loss
+    temperature: float = 4.0
+    hint_loss: str = Field("cosine", pattern="^(cosine|l2)$")
+
+
+class AblationConfig(BaseModel):
+    enabled: bool = True
+    seeds: list[int] = [0, 1]
+    epochs: int = 12
+
+
+class ExportConfig(BaseModel):
+    name: str = "agelens-student"
+    version: str = "2.0.0"
+    model_store: Path = Path("model_store")
+    quantize: bool = True
+    opset: int = 17
+
+
+class PipelineConfig(BaseModel):
+    run_dir: Path = Path("runs/default")
+    data: DataConfig = DataConfig()
+    dk_teacher: ClassifierConfig = ClassifierConfig()
+    student: ClassifierConfig = ClassifierConfig()
+    ordinal: OrdinalConfig = OrdinalConfig()
+    distill: DistillConfig = DistillConfig()
+    ablation: AblationConfig = AblationConfig()
+    export: ExportConfig = ExportConfig()
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+    @classmethod
+    def load(cls, path: Path) -> PipelineConfig:
+        with open(path, "rb") as fh:
+            return cls.model_validate(tomllib.load(fh))

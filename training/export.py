@@ -1,0 +1,111 @@
+"""Export a trained classifier to ONNX, check parity with onnxruntime, and register it in the
+model store with its manifest and model card."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from agelens.manifest import MANIFEST_FILENAME, AlignmentSpec, Metrics, ModelManifest, Normalisation, sha256_file
+from training.augment import normalise, to_float
+
+log = logging.getLogger(__name__)
+
+
+def export_onnx(model: nn.Module, path: Path, crop_size: int, opset: int = 17) -> None:
+    """Export with a dynamic batch axis; input 'input' (N,3,S,S) float32, output 'logits' (N,C)."""
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, crop_size, crop_size)
+    # The TorchScript exporter gives a compact, fully folded graph for this plain CNN.
+    torch.onnx.export(
+        model, (dummy,), str(path), input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def onnx_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session: ort.InferenceSession, crops: torch.Tensor, norm: Normalisation, batch: int = 256) -> NDArray[np.float32]:
+    out = []
+    for i in range(0, len(crops), batch):
+        x = normalise(to_float(crops[i : i + batch]), norm).numpy()
+        out.append(session.run(None, {"input": x})[0])
+    return np.concatenate(out)
+
+
+def parity(model: nn.Module, session: ort.InferenceSession, crops: torch.Tensor, norm: Normalisation) -> float:
+    """Max abs difference of softmax probabilities between PyTorch and onnxruntime."""
+    x = normalise(to_float(crops), norm)
+    with torch.no_grad():
+        p_torch = torch.softmax(model(x), 1).numpy()
+    p_onnx = torch.softmax(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), 1).numpy()
+    return float(np.abs(p_torch - p_onnx).max())
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: NDArray[np.float32]) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights) calibrated on real val crops."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{"input": calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
+
+        def get_next(self) -> dict[str, NDArray[np.float32]] | None:
+            return next(self._it, None)
+
+    pre = int8_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre))
+    quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    pre.unlink(missing_ok=True)
+
+
+def register(
+    onnx_path: Path,
+    store: Path,
+    name: str,
+    version: str,
+    spec: AlignmentSpec,
+    norm: Normalisation,
+    metrics: Metrics,
+    temperature: float,
+    parameters: int,
+    split_sha256: str,
+    training_data: str,
+    notes: dict[str, str | float | int],
+    card: str,
+    file_name: str = "model.onnx",
+) -> Path:
+    """Copy the ONNX file into model_store/<name>/<version>/ and write its manifest and card."""
+    dest = store / name / version
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / file_name
+    if onnx_path.resolve() != target.resolve():
+        shutil.copyfile(onnx_path, target)
+    manifest = ModelManifest(
+        name=name, version=version, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        file=file_name, sha256=sha256_file(target), alignment=spec, normalisation=norm,
+        ages=list(range(101)), temperature=temperature, parameters=parameters,
+        training_data=training_data, split_sha256=split_sha256, metrics=metrics, notes=notes,
+    )
+    manifest.save(dest / MANIFEST_FILENAME)
+    (dest / "MODEL_CARD.md").write_text(card)
+    log.info("registered %s/%s (%s, sha256 %s)", name, version, file_name, manifest.sha256[:12])
+    return dest

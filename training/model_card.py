@@ -1,0 +1,66 @@
+"""Render MODEL_CARD.md from measured metrics (never hand-edited numbers)."""
+
+from __future__ import annotations
+
+from agelens.manifest import AgeBand, AlignmentSpec, Metrics
+
+
+def _table(rows: list[AgeBand], head: str) -> str:
+    lines = [f"| {head} | n | MAE (years) | CS@5 |", "|---|---:|---:|---:|"]
+    lines += [f"| {b.name} | {b.n} | {b.mae:.2f} | {b.cs5:.3f} |" for b in rows]
+    return "\n".join(lines)
+
+
+def render_card(name: str, version: str, description: str, metrics: Metrics, demo: dict[str, list[AgeBand]],
+                parameters: int, notes: dict[str, str | float | int], temperature: float, spec: AlignmentSpec,
+                extra: str = "") -> str:
+    int8 = ""
+    if "int8_file" in notes:
+        int8 = (f"- int8 variant `{notes['int8_file']}`: {int(notes['int8_bytes']) / 1024:.0f} KiB, test MAE "
+                f"{notes['int8_test_mae']:.2f}, CS@5 {notes['int8_test_cs5']:.3f} (static QDQ quantisation, "
+                "per-channel weights, calibrated on 512 val crops)\n")
+    return f"""# Model card: {name} {version}
+
+{description}.
+
+## Intended use
+Estimating the apparent age of faces in photos, self-hosted, for product features such as
+age-appropriate defaults, analytics over groups, or flagging content for human review. The output
+is a distribution over ages 0-100 (100 = 100+), its mean, its spread and a 90 % interval.
+
+**Not for**: deciding anything about a person on its own (access to age-restricted goods or
+services, law enforcement, employment, insurance). Errors of 5+ years are common (see CS@5 below)
+and are larger for some groups.
+
+## Data and terms
+Trained and evaluated on UTKFace ("Aligned & Cropped Faces"), committed split
+`training/splits/utkface.csv` (70/10/20 by filename hash; byte-identical duplicates kept in one
+part, duplicate groups with conflicting ages dropped). **UTKFace is available for non-commercial
+research purposes only**; its images belong to their owners. These weights are derived from it
+and inherit that restriction: do not use them commercially. UTKFace's ages were estimated by the
+DEX algorithm and checked by a person, so they are apparent, not verified chronological, ages.
+
+## Model
+- Input: {spec.crop_size}x{spec.crop_size} RGB face crop, aligned by a similarity transform of
+  BlazeFace keypoints (eyes, nose, mouth) to the template in `manifest.json`, normalised as it says.
+- Parameters: {parameters:,}; compute: {int(notes.get('flops_macs', 0)) / 1e6:.1f} M multiply-accumulates per face.
+- ONNX file: {int(notes.get('onnx_bytes', 0)) / 1024:.0f} KiB (fp32, opset 17, dynamic batch).
+{int8}- Uncertainty: softmax temperature {temperature:.3f}, fitted on val so the 90 % interval covers
+  90 % of val faces. The age itself is the expectation at temperature 1.
+
+## Test metrics (n = {metrics.n})
+- MAE: **{metrics.mae:.2f}** years; CS@5: **{metrics.cs5:.3f}**
+- 90 % interval coverage on test: {metrics.extra.get('coverage90_calibrated', float('nan')):.3f} calibrated
+  ({metrics.extra.get('coverage90_uncalibrated', float('nan')):.3f} before calibration)
+
+{_table(metrics.bands, 'Age band')}
+
+{_table(demo.get('gender', []), 'Gender (UTKFace label)')}
+
+{_table(demo.get('race', []), 'Race group (UTKFace label)')}
+
+## Known limits
+- UTKFace has few faces over 80 and few of some groups: those estimates are least reliable.
+- Apparent age: make-up, lighting, blur and expression move estimates.
+- Faces smaller than about 40 px, strongly rotated (> 45 degrees) or occluded may not be detected.
+{extra}"""

@@ -1,0 +1,256 @@
+"""The whole training pipeline from one config file, resumable stage by stage.
+
+    prepare -> dk_teacher -> ordinal_teacher -> student (distilled) -> ablation -> export
+
+Every stage writes its outputs under `run_dir`; a stage whose result file exists is skipped, and
+the training stages resume from their last epoch checkpoint, so re-running the same command after
+an interruption continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agelens.ages import softmax
+from agelens.manifest import AlignmentSpec, Normalisation, sha256_file
+from training.classifier import TeacherTargets, compute_teacher_targets, load_classifier, train_classifier
+from training.config import ClassifierConfig, DistillConfig, PipelineConfig
+from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
+from training.dataset import NUM_CLASSES, CachedData, load_data
+from training.evaluate import compute_metrics, demographic_metrics, fit_temperature, predict_logits
+from training.model_card import render_card
+from training.models import AgeClassifier, conv_flops, count_parameters
+from training.ordinal import load_ordinal_teacher, order_accuracy, train_ordinal_teacher
+from training.prepare import build_cache
+
+log = logging.getLogger("agelens.train")
+NORM = Normalisation()
+AGES = np.arange(NUM_CLASSES, dtype=np.float64)
+STAGES = ("prepare", "dk_teacher", "ordinal_teacher", "student", "ablation", "export")
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def stage_prepare(cfg: PipelineConfig) -> None:
+    d = cfg.data
+    spec = AlignmentSpec(crop_size=d.crop_size, margin=d.margin)
+    if (d.cache / "crops.npy").exists():
+        cached = AlignmentSpec.model_validate_json((d.cache / "alignment.json").read_text())
+        if cached == spec:
+            log.info("prepare: cache %s is up to date", d.cache)
+            return
+        log.info("prepare: cache %s was built with other alignment parameters; rebuilding", d.cache)
+    if d.kind == "utkface":
+        if d.split.exists():
+            records = read_split(d.split)
+        else:
+            records, stats = build_utkface_split(d.root)
+            write_split(records, d.split)
+            log.info("prepare: wrote split %s (%s)", d.split, stats)
+    else:
+        records = read_csv_manifest(d.split)
+    if d.limit_per_split:
+        records = [r for part in ("train", "val", "test") for r in [x for x in records if x.split == part][: d.limit_per_split]]
+    stats = build_cache(records, d.root, d.cache, spec, workers=d.workers)
+    log.info("prepare: detection rate %.4f (%d/%d)", stats["detection_rate"], stats["detected"], stats["images"])
+
+
+def test_report(model: AgeClassifier, data: CachedData) -> dict:
+    logits = predict_logits(model, data.test.crops, NORM)
+    m = compute_metrics(softmax(logits), data.test.ages.numpy(), AGES)
+    return m.model_dump()
+
+
+def run_classifier(cfg: ClassifierConfig, data: CachedData, out: Path, targets: TeacherTargets | None = None,
+                   distill: DistillConfig | None = None) -> dict:
+    """Train (or resume) one classifier and return its test report (cached in result.json)."""
+    result = out / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    t0 = time.time()
+    model = train_classifier(cfg, data, NORM, out, targets, distill)
+    rep = test_report(model, data)
+    rep["train_seconds"] = round(time.time() - t0, 1)
+    _write_json(result, rep)
+    return rep
+
+
+def stage_dk_teacher(cfg: PipelineConfig, data: CachedData) -> dict:
+    rep = run_classifier(cfg.dk_teacher, data, cfg.run_dir / "dk_teacher")
+    log.info("dark-knowledge teacher: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
+    return rep
+
+
+def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, lam: float = 1.0) -> np.ndarray:
+    """Linear read-out of age from the ordinal embedding (how much age the embedding carries)."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    a = (train_x - mu) / sd
+    a1 = np.hstack([a, np.ones((len(a), 1))])
+    w = np.linalg.solve(a1.T @ a1 + lam * np.eye(a1.shape[1]), a1.T @ train_y)
+    b = (test_x - mu) / sd
+    return np.hstack([b, np.ones((len(b), 1))]) @ w
+
+
+def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
+    out = cfg.run_dir / "ordinal_teacher"
+    result = out / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    t0 = time.time()
+    model = train_ordinal_teacher(cfg.ordinal, data.train, data.val, NORM, out)
+    rep: dict = {"val": order_accuracy(model, data.val, cfg.ordinal, NORM, seed=1),
+                 "test": order_accuracy(model, data.test, cfg.ordinal, NORM, seed=2),
+                 "k": cfg.ordinal.k, "min_gap": cfg.ordinal.min_gap, "parameters": count_parameters(model)}
+    with torch.no_grad():
+        def emb(crops: torch.Tensor) -> np.ndarray:
+            return torch.cat([model.embed_faces((torch.as_tensor(crops[i:i + 512]).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5)
+                              for i in range(0, len(crops), 512)]).numpy()
+        pred = ridge_probe(emb(data.train.crops), data.train.ages.numpy().astype(np.float64), emb(data.test.crops))
+    err = np.abs(pred - data.test.ages.numpy())
+    rep["linear_probe_test_mae"] = round(float(err.mean()), 4)
+    rep["linear_probe_test_cs5"] = round(float((err <= 5).mean()), 4)
+    rep["train_seconds"] = round(time.time() - t0, 1)
+    _write_json(result, rep)
+    log.info("ordinal teacher: test order accuracy %.3f (chance %.3f); linear probe MAE %.2f",
+             rep["test"]["accuracy"], rep["test"]["chance"], rep["linear_probe_test_mae"])
+    return rep
+
+
+def teacher_targets(cfg: PipelineConfig, data: CachedData, need_dk: bool, need_ord: bool) -> TeacherTargets:
+    dk = load_classifier(cfg.run_dir / "dk_teacher" / "best.pt").to(memory_format=torch.channels_last) if need_dk else None
+    ordinal = load_ordinal_teacher(cfg.run_dir / "ordinal_teacher" / "best.pt") if need_ord else None
+    return compute_teacher_targets(data.train.crops, NORM, dk, ordinal)
+
+
+def stage_student(cfg: PipelineConfig, data: CachedData, targets: TeacherTargets) -> dict:
+    rep = run_classifier(cfg.student, data, cfg.run_dir / "student", targets, cfg.distill)
+    log.info("distilled student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
+    return rep
+
+
+ARMS = {
+    "student_ce": (0.0, 0.0),
+    "student_dk": (1.0, 0.0),
+    "student_hint": (0.0, 1.0),
+    "student_dk_hint": (1.0, 1.0),
+}
+
+
+def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTargets) -> dict:
+    ab = cfg.ablation
+    results: dict[str, dict] = {}
+    for arm, (use_a, use_b) in ARMS.items():
+        runs = []
+        for seed in ab.seeds:
+            scfg = cfg.student.model_copy(update={"epochs": ab.epochs, "seed": seed})
+            dcfg = cfg.distill.model_copy(update={"alpha": cfg.distill.alpha * use_a, "beta": cfg.distill.beta * use_b})
+            rep = run_classifier(scfg, data, cfg.run_dir / "ablation" / f"{arm}_seed{seed}", targets, dcfg)
+            runs.append(rep)
+            log.info("ablation %s seed %d: test MAE %.3f", arm, seed, rep["mae"])
+        maes = np.array([r["mae"] for r in runs])
+        cs5s = np.array([r["cs5"] for r in runs])
+        bands = {b["name"]: float(np.mean([[x["mae"] for x in r["bands"] if x["name"] == b["name"]][0] for r in runs]))
+                 for b in runs[0]["bands"]}
+        results[arm] = {"mae_mean": round(float(maes.mean()), 4), "mae_std": round(float(maes.std(ddof=1)) if len(maes) > 1 else 0.0, 4),
+                        "cs5_mean": round(float(cs5s.mean()), 4), "cs5_std": round(float(cs5s.std(ddof=1)) if len(cs5s) > 1 else 0.0, 4),
+                        "band_mae_mean": bands, "seeds": ab.seeds, "epochs": ab.epochs, "runs": [{"mae": r["mae"], "cs5": r["cs5"]} for r in runs]}
+    out = {"arms": results, "distill": cfg.distill.model_dump(), "student": cfg.student.model_dump()}
+    _write_json(cfg.run_dir / "ablation" / "ablation.json", out)
+    return out
+
+
+def export_classifier(cfg: PipelineConfig, model: AgeClassifier, data: CachedData, version: str, description: str,
+                      extra_card: str = "", quantize: bool | None = None) -> Path:
+    """Export to ONNX, evaluate the ONNX file on test, calibrate on val, and register."""
+    from training.export import export_onnx, onnx_logits, onnx_session, parity, quantize_int8, register
+
+    ex = cfg.export
+    work = cfg.run_dir / "export" / version
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = work / "model.onnx"
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    export_onnx(model, onnx_path, data.spec.crop_size, ex.opset)
+    sess = onnx_session(onnx_path)
+    diff = parity(model, sess, data.test.crops[:256], NORM)
+    if diff > 1e-4:
+        raise RuntimeError(f"ONNX parity failed: max abs prob diff {diff:.2e} > 1e-4")
+    val_logits = onnx_logits(sess, data.val.crops, NORM)
+    temperature = fit_temperature(val_logits, data.val.ages.numpy(), AGES)
+    test_logits = onnx_logits(sess, data.test.crops, NORM)
+    metrics = compute_metrics(softmax(test_logits), data.test.ages.numpy(), AGES)
+    # Interval coverage with the calibrated temperature, as the service computes it.
+    from agelens.ages import central_interval
+    lo, hi = central_interval(softmax(test_logits, temperature), AGES, 0.9)
+    true = data.test.ages.numpy()
+    metrics.extra["coverage90_calibrated"] = round(float(((true >= lo) & (true <= hi)).mean()), 4)
+    metrics.extra["coverage90_uncalibrated"] = metrics.extra.pop("coverage90")
+    metrics.extra["onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
+    demo = demographic_metrics(softmax(test_logits), data.test.records, AGES)
+    notes: dict[str, str | float | int] = {"description": description, "flops_macs": conv_flops(model, data.spec.crop_size),
+                                           "onnx_bytes": onnx_path.stat().st_size}
+    if quantize if quantize is not None else ex.quantize:
+        from training.augment import normalise, to_float
+        int8_path = work / "model.int8.onnx"
+        calib = normalise(to_float(data.val.crops[:512]), NORM).numpy()
+        quantize_int8(onnx_path, int8_path, calib)
+        q_logits = onnx_logits(onnx_session(int8_path), data.test.crops, NORM)
+        qm = compute_metrics(softmax(q_logits), data.test.ages.numpy(), AGES)
+        notes.update({"int8_file": "model.int8.onnx", "int8_sha256": sha256_file(int8_path),
+                      "int8_bytes": int8_path.stat().st_size, "int8_test_mae": qm.mae, "int8_test_cs5": qm.cs5})
+    split_sha = sha256_file(cfg.data.split) if cfg.data.split.exists() else ""
+    params = count_parameters(model)
+    card = render_card(ex.name, version, description, metrics, demo, params, notes, temperature, data.spec, extra_card)
+    dest = register(onnx_path, ex.model_store, ex.name, version, data.spec, NORM, metrics, temperature, params,
+                    split_sha, "UTKFace (Aligned & Cropped), committed split training/splits/utkface.csv", notes, card)
+    if "int8_file" in notes:
+        import shutil
+        shutil.copyfile(work / "model.int8.onnx", dest / "model.int8.onnx")
+    _write_json(dest.parent / version / "metrics_full.json", {"test": metrics.model_dump(),
+                                                             "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()}})
+    log.info("export: %s/%s test MAE %.3f CS@5 %.3f, coverage %.3f (T=%.2f)", ex.name, version, metrics.mae,
+             metrics.cs5, metrics.extra["coverage90_calibrated"], temperature)
+    return dest
+
+
+def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
+    stages = stages or list(STAGES)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if "prepare" in stages:
+        stage_prepare(cfg)
+    data = load_data(cfg.data.cache, cfg.data.limit_per_split)
+    log.info("data: train %d, val %d, test %d", len(data.train), len(data.val), len(data.test))
+    summary: dict = {}
+    if "dk_teacher" in stages:
+        summary["dk_teacher"] = stage_dk_teacher(cfg, data)
+    if "ordinal_teacher" in stages:
+        summary["ordinal_teacher"] = stage_ordinal(cfg, data)
+    targets = None
+    if {"student", "ablation"} & set(stages):
+        targets = teacher_targets(cfg, data, True, True)
+    if "ablation" in stages and cfg.ablation.enabled:
+        assert targets is not None
+        summary["ablation"] = stage_ablation(cfg, data, targets)
+    if "student" in stages:
+        assert targets is not None
+        summary["student"] = stage_student(cfg, data, targets)
+    if "export" in stages:
+        model = load_classifier(cfg.run_dir / "student" / "best.pt")
+        d = cfg.distill
+        export_classifier(cfg, model, data, cfg.export.version,
+                          f"Student distilled from a dark-knowledge teacher (alpha={d.alpha}, T={d.temperature}) "
+                          f"and an ordinal teacher (beta={d.beta}, {d.hint_loss} hint)")
+    summary["seconds"] = round(time.time() - t0, 1)
+    _write_json(cfg.run_dir / "summary.json", summary)
+    log.info("pipeline finished in %.1f min", summary["seconds"] / 60)

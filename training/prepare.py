@@ -1,0 +1,141 @@
+"""Build the aligned-crop cache once, so that no training epoch ever runs face detection again.
+
+The cache is a folder outside git: `crops.npy` (N, S, S, 3) uint8, memory-mapped at training
+time, and `index.csv` (one row per crop, with its record and split). Every image goes through
+`agelens.imaging.decode_image` and `agelens.faces.FacePipeline`, the same calls the service makes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from agelens.faces import FacePipeline
+from agelens.imaging import read_image_file
+from agelens.manifest import AlignmentSpec
+from training.data import Record
+
+log = logging.getLogger(__name__)
+
+_PIPELINE: FacePipeline | None = None
+
+
+def _init_worker(spec_json: str) -> None:
+    global _PIPELINE
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    _PIPELINE = FacePipeline(AlignmentSpec.model_validate_json(spec_json))
+
+
+def _process(paths: list[str]) -> list[tuple[np.ndarray | None, int, float]]:
+    assert _PIPELINE is not None
+    out: list[tuple[np.ndarray | None, int, float]] = []
+    for p in paths:
+        try:
+            rgb = read_image_file(p)
+        except Exception:  # a broken file is counted as undetected, not fatal
+            out.append((None, 0, 0.0))
+            continue
+        faces = _PIPELINE.detector.detect(rgb)
+        if not faces:
+            out.append((None, 0, 0.0))
+            continue
+        aligned = _PIPELINE.largest(rgb)
+        assert aligned is not None
+        out.append((aligned.crop, len(faces), aligned.face.score))
+    return out
+
+
+def build_cache(
+    records: list[Record],
+    image_root: Path,
+    out_dir: Path,
+    spec: AlignmentSpec,
+    workers: int = 2,
+    chunk: int = 64,
+) -> dict[str, float]:
+    """Detect and align every record's image; write crops.npy, index.csv and stats.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s = spec.crop_size
+    n = len(records)
+    crops = np.lib.format.open_memmap(out_dir / "crops.tmp.npy", mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
+    paths = [str(Path(r.filename) if Path(r.filename).is_absolute() else image_root / r.filename) for r in records]
+    chunks = [paths[i : i + chunk] for i in range(0, n, chunk)]
+    detected = np.zeros(n, dtype=bool)
+    n_faces = np.zeros(n, dtype=np.int32)
+    t0 = time.time()
+    done = 0
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(spec.model_dump_json(),)) as pool:
+        for ci, results in enumerate(pool.map(_process, chunks)):
+            for j, (crop, nf, _score) in enumerate(results):
+                i = ci * chunk + j
+                n_faces[i] = nf
+                if crop is not None:
+                    crops[i] = crop
+                    detected[i] = True
+            done += len(results)
+            if ci % 20 == 0 or done == n:
+                rate = done / max(time.time() - t0, 1e-6)
+                log.info("prepare: %d/%d images (%.0f img/s, %d detected)", done, n, rate, int(detected[:done].sum()))
+    crops.flush()
+    del crops
+    # Keep only detected faces in the final cache: training never sees a non-face.
+    full = np.load(out_dir / "crops.tmp.npy", mmap_mode="r")
+    keep = np.flatnonzero(detected)
+    final = np.lib.format.open_memmap(out_dir / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(keep), s, s, 3))
+    for a in range(0, len(keep), 4096):
+        final[a : a + 4096] = full[keep[a : a + 4096]]
+    final.flush()
+    del final, full
+    (out_dir / "crops.tmp.npy").unlink()
+    with open(out_dir / "index.csv", "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["row", "filename", "age", "gender", "race", "split", "faces_found"])
+        for row, i in enumerate(keep):
+            r = records[i]
+            w.writerow([row, r.filename, r.age, "" if r.gender is None else r.gender,
+                        "" if r.race is None else r.race, r.split, int(n_faces[i])])
+    stats = {
+        "images": n,
+        "detected": int(detected.sum()),
+        "detection_rate": float(detected.mean()) if n else 0.0,
+        "multiple_faces": int((n_faces > 1).sum()),
+        "seconds": round(time.time() - t0, 1),
+    }
+    by_split = {}
+    for part in ("train", "val", "test"):
+        idx = [i for i, r in enumerate(records) if r.split == part]
+        if idx:
+            by_split[part] = float(detected[idx].mean())
+    stats["detection_rate_by_split"] = by_split  # type: ignore[assignment]
+    stats["missed"] = [records[i].filename for i in np.flatnonzero(~detected)][:50]  # type: ignore[assignment]
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    (out_dir / "alignment.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    return stats
+
+
+def load_cache(cache_dir: Path) -> tuple[np.ndarray, list[Record], AlignmentSpec]:
+    crops = np.load(cache_dir / "crops.npy", mmap_mode="r")
+    with open(cache_dir / "index.csv", newline="") as fh:
+        recs = [
+            Record(row["filename"], int(row["age"]),
+                   int(row["gender"]) if row["gender"] else None,
+                   int(row["race"]) if row["race"] else None, row["split"])
+            for row in csv.DictReader(fh)
+        ]
+    spec = AlignmentSpec.model_validate_json((cache_dir / "alignment.json").read_text())
+    return crops, recs, spec
+
+
+def records_summary(records: list[Record]) -> dict[str, int]:
+    return {part: sum(r.split == part for r in records) for part in ("train", "val", "test")}
+
+
+__all__ = ["build_cache", "load_cache", "records_summary", "asdict"]
