@@ -1,0 +1,195 @@
+"""`agelens` command line: serve, estimate, prepare, train, evaluate, export.
+
+Each subcommand imports its stack lazily, so `agelens estimate` works with only the client extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _setup_logging() -> None:
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ chatter
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.model_version:
+        os.environ["AGELENS_MODEL_VERSION"] = args.model_version
+    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level="warning", access_log=False)
+    return 0
+
+
+def _face_rows(result: object) -> list[str]:
+    from agelens.schemas import EstimateResponse
+
+    assert isinstance(result, EstimateResponse)
+    rows = []
+    for i, f in enumerate(result.faces):
+        b = f.box
+        rows.append(f"{i:>4}  {b.x:>7.0f} {b.y:>7.0f} {b.width:>6.0f} {b.height:>6.0f}  {f.score:>5.2f}  "
+                    f"{f.age:>6.1f}  {f.age_std:>5.1f}  {f.age_interval.low:>4.0f}-{f.age_interval.high:<4.0f}")
+    return rows
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from agelens.client import AgelensClient, AgelensError
+
+    code = 0
+    with AgelensClient(args.url, api_key=args.api_key or os.environ.get("AGELENS_API_KEY")) as client:
+        for path in args.images:
+            try:
+                result = client.estimate(path, distribution=args.json and not args.no_distribution)
+            except (AgelensError, OSError) as exc:
+                print(f"{path}: error: {exc}", file=sys.stderr)
+                code = 1
+                continue
+            if args.json:
+                print(json.dumps({"file": str(path), **result.model_dump(exclude_none=True)}))
+                continue
+            print(f"{path}: {result.image_width}x{result.image_height}, {len(result.faces)} face(s), "
+                  f"model {result.model.name} {result.model.version}, {result.timings.total_ms:.0f} ms")
+            if result.faces:
+                print("face        x       y  width height  score     age    std   90% interval")
+                print("\n".join(_face_rows(result)))
+    return code
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from agelens.manifest import AlignmentSpec
+    from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
+    from training.prepare import build_cache
+
+    spec = AlignmentSpec(crop_size=args.crop_size, margin=args.margin)
+    if args.csv:
+        records = read_csv_manifest(Path(args.csv))
+        root = Path(args.csv).parent
+    else:
+        root = Path(args.data)
+        split = Path(args.split)
+        if split.exists():
+            records = read_split(split)
+        else:
+            records, stats = build_utkface_split(root)
+            write_split(records, split)
+            logging.info("wrote split %s: %s", split, stats)
+    stats = build_cache(records, root, Path(args.out), spec, workers=args.workers)
+    print(json.dumps({k: v for k, v in stats.items() if k != "missed"}, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from training.config import PipelineConfig
+    from training.pipeline import STAGES, run_pipeline
+
+    cfg = PipelineConfig.load(Path(args.config))
+    stages = args.stages.split(",") if args.stages else list(STAGES)
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        print(f"unknown stages: {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    handler = logging.FileHandler(cfg.run_dir / "train.log") if cfg.run_dir.mkdir(parents=True, exist_ok=True) is None else None
+    if handler:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+    run_pipeline(cfg, stages)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from training.evaluate_onnx import evaluate_model_dir
+
+    report = evaluate_model_dir(Path(args.model_dir), Path(args.cache), args.split, args.variant)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from training.classifier import load_classifier
+    from training.config import PipelineConfig
+    from training.dataset import load_data
+    from training.pipeline import export_classifier
+
+    cfg = PipelineConfig.load(Path(args.config))
+    data = load_data(cfg.data.cache, cfg.data.limit_per_split)
+    model = load_classifier(Path(args.checkpoint))
+    dest = export_classifier(cfg, model, data, args.version, args.description, quantize=not args.no_int8)
+    print(dest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agelens", description="Facial age estimation: service, client and training.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the HTTP service (settings from AGELENS_* env vars)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--model-version", help="pin a version instead of the newest")
+    s.set_defaults(func=cmd_serve)
+
+    e = sub.add_parser("estimate", help="send images to a running service and print the faces")
+    e.add_argument("images", nargs="+")
+    e.add_argument("--url", default=os.environ.get("AGELENS_URL", "http://127.0.0.1:8000"))
+    e.add_argument("--api-key")
+    e.add_argument("--json", action="store_true", help="one JSON object per image")
+    e.add_argument("--no-distribution", action="store_true", help="leave the distribution out of --json")
+    e.set_defaults(func=cmd_estimate)
+
+    pr = sub.add_parser("prepare", help="detect, align and cache the faces of a dataset")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="folder of images in UTKFace naming (age_gender_race_date.jpg)")
+    src.add_argument("--csv", help="CSV manifest with columns path,age (see training/data.py)")
+    pr.add_argument("--split", default="training/splits/utkface.csv", help="split file (made if missing)")
+    pr.add_argument("--out", required=True, help="cache folder")
+    pr.add_argument("--crop-size", type=int, default=64)
+    pr.add_argument("--margin", type=float, default=0.0)
+    pr.add_argument("--workers", type=int, default=2)
+    pr.set_defaults(func=cmd_prepare)
+
+    t = sub.add_parser("train", help="run the training pipeline from a config file (resumable)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--stages", help="comma-separated subset of: prepare,dk_teacher,ordinal_teacher,student,ablation,export")
+    t.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a model-store entry with onnxruntime on a cached split")
+    ev.add_argument("--model-dir", required=True)
+    ev.add_argument("--cache", default="data/cache/utkface-64")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--variant", default="fp32", choices=["fp32", "int8"])
+    ev.add_argument("--out")
+    ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX and register it in the model store")
+    ex.add_argument("--config", required=True)
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--version", required=True)
+    ex.add_argument("--description", default="Compact student")
+    ex.add_argument("--no-int8", action="store_true")
+    ex.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Typed Python client for the agelens service (needs only httpx and pydantic).
+
+    from agelens.client import AgelensClient
+    with AgelensClient("http://localhost:8000") as c:
+        for face in c.estimate("photo.jpg").faces:
+            print(face.box, face.age, face.age_interval)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agelens.schemas import BatchResponse, ErrorResponse, EstimateResponse, Ready
+
+ImageInput = str | Path | bytes
+
+
+class AgelensError(Exception):
+    """Any failure talking to the service."""
+
+
+class AgelensHTTPError(AgelensError):
+    """The service answered with an error status; `code` and `message` come from its JSON body."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status, self.code, self.message, self.request_id, self.retry_after = status, code, message, request_id, retry_after
+
+
+class AgelensConnectionError(AgelensError):
+    """The service could not be reached or did not answer in time."""
+
+
+def _file_tuple(image: ImageInput, name: str = "image") -> tuple[str, bytes]:
+    if isinstance(image, bytes):
+        return (name, image)
+    path = Path(image)
+    return (path.name, path.read_bytes())
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.is_success:
+        return
+    try:
+        body = ErrorResponse.model_validate(resp.json())
+        code, message, rid = body.error.code, body.error.message, body.request_id
+    except Exception:
+        code, message, rid = "http_error", resp.text[:200], resp.headers.get("x-request-id")
+    ra = resp.headers.get("retry-after")
+    raise AgelensHTTPError(resp.status_code, code, message, rid, float(ra) if ra and ra.isdigit() else None)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"X-API-Key": api_key} if api_key else {}
+
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+class AgelensClient:
+    """Synchronous client. Use as a context manager, or call close()."""
+
+    def __init__(self, base_url: str = "http://localhost:8000", api_key: str | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_headers(api_key), transport=transport)
+
+    def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = self._http.request(method, url, **kw)
+        except httpx.TransportError as exc:
+            raise AgelensConnectionError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        _raise_for(resp)
+        return resp
+
+    def estimate(self, image: ImageInput, distribution: bool = True) -> EstimateResponse:
+        resp = self._send("POST", "/estimate", files={"image": _file_tuple(image)},
+                          params={"distribution": str(distribution).lower()})
+        return EstimateResponse.model_validate(resp.json())
+
+    def estimate_batch(self, images: list[ImageInput], distribution: bool = True) -> BatchResponse:
+        files = [("images", _file_tuple(img, f"image{i}")) for i, img in enumerate(images)]
+        resp = self._send("POST", "/estimate/batch", files=files, params={"distribution": str(distribution).lower()})
+        return BatchResponse.model_validate(resp.json())
+
+    def ready(self) -> Ready:
+        resp = self._http.get("/ready")
+        return Ready.model_validate(resp.json())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AgelensClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncAgelensClient:
+    """Asynchronous twin of AgelensClient."""
+
+    def __init__(self, base_url: str = "http://localhost:8000", api_key: str | None = None,
+                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_headers(api_key), transport=transport)
+
+    async def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        try:
+            resp = await self._http.request(method, url, **kw)
+        except httpx.TransportError as exc:
+            raise AgelensConnectionError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        _raise_for(resp)
+        return resp
+
+    async def estimate(self, image: ImageInput, distribution: bool = True) -> EstimateResponse:
+        resp = await self._send("POST", "/estimate", files={"image": _file_tuple(image)},
+                                params={"distribution": str(distribution).lower()})
+        return EstimateResponse.model_validate(resp.json())
+
+    async def estimate_batch(self, images: list[ImageInput], distribution: bool = True) -> BatchResponse:
+        files = [("images", _file_tuple(img, f"image{i}")) for i, img in enumerate(images)]
+        resp = await self._send("POST", "/estimate/batch", files=files, params={"distribution": str(distribution).lower()})
+        return BatchResponse.model_validate(resp.json())
+
+    async def ready(self) -> Ready:
+        return Ready.model_validate((await self._http.get("/ready")).json())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncAgelensClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

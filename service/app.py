@@ -1,0 +1,72 @@
+"""Application factory: `create_app()` builds the FastAPI app; the model loads in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from agelens import __version__
+from service.errors import install_error_handlers
+from service.estimator import Estimator
+from service.logging_config import configure_logging
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.model import AgeModel, resolve_model_dir
+from service.routers import estimate, health
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("agelens.service")
+STATIC = Path(__file__).parent / "static"
+
+
+def load_estimator(settings: Settings) -> Estimator:
+    model_dir = resolve_model_dir(settings.model_store, settings.model_name, settings.model_version)
+    model = AgeModel(model_dir, settings.model_variant)
+    model.prepare(threads=settings.ort_threads)
+    estimator = Estimator(model, settings)
+    estimator.warm_up()
+    return estimator
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.estimator = await run_in_threadpool(load_estimator, settings)
+        app.state.ready = True
+        info = app.state.estimator.info
+        log.info("model ready", extra={"model": info.name, "version": info.version, "variant": settings.model_variant})
+        yield
+        app.state.ready = False
+        app.state.estimator.pipeline.detector.close()
+
+    app = FastAPI(
+        title="agelens",
+        version=__version__,
+        summary="Facial age estimation: every face's box, age, uncertainty and age distribution.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.ready = False
+    app.state.estimator = None
+    app.state.in_flight = 0
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(estimate.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(RequestContextMiddleware, max_body=settings.max_upload_bytes, metrics=app.state.metrics)
+    if STATIC.is_dir():
+        app.mount("/", StaticFiles(directory=STATIC, html=True), name="demo")
+    return app

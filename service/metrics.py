@@ -1,0 +1,24 @@
+"""Prometheus metrics (prometheus-client), exposed at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """A registry per app, so tests that build several apps do not collide."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("agelens_requests_total", "HTTP requests", ["route", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("agelens_request_seconds", "Request latency", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.faces = Histogram("agelens_faces_per_image", "Faces returned per image",
+                               buckets=(0, 1, 2, 3, 5, 10, 20, 50), registry=self.registry)
+        self.stage = Histogram("agelens_stage_seconds", "Time per pipeline stage", ["stage"],
+                               buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("agelens_in_flight", "Requests being processed", registry=self.registry)
+        self.rejected = Counter("agelens_rejected_total", "Requests rejected as over capacity", registry=self.registry)
