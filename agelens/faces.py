@@ -40,11 +40,15 @@ class DetectorConfig:
     max_side: int = 1280
     # "short": short-range model (128 px input) on the padded image; precise keypoints for faces
     # that fill a good part of the frame (measured on UTKFace: eye-distance spread 0.021 vs 0.048
-    # for full-range). "full": full-range model (192 px input) on the unpadded image; finds small
-    # faces in group photos. "auto" runs both and keeps short-range's detection where they overlap.
+    # for full-range). "full": full-range model (192 px input) on the unpadded image (and tiles of
+    # large ones); finds small faces in group photos. "auto" runs both and merges them.
     model: str = "auto"
     # Two detections whose boxes overlap more than this are the same face.
     nms_iou: float = 0.3
+    # Ranking bonus of short-range detections over full-range ones in "auto" (see detect()).
+    short_bonus: float = 0.1
+    # Images whose long side exceeds this also get three tiled full-range passes (see _run_tiles).
+    tile_above: int = 800
 
 
 @dataclass
@@ -52,6 +56,11 @@ class DetectedFace:
     box: tuple[float, float, float, float]  # x, y, width, height in image pixels
     score: float
     keypoints: NDArray[np.float32] = field(repr=False)  # (6, 2) x, y in image pixels
+    rank: float = -1.0  # what non-maximum suppression sorts by; the score unless set
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            self.rank = self.score
 
     @property
     def area(self) -> float:
@@ -115,15 +124,47 @@ class FaceDetector:
         cfg = self.config
         if cfg.model not in ("short", "full", "auto"):
             raise ValueError(f"unknown detector model {cfg.model!r}")
-        faces: list[DetectedFace] = []
+        candidates: list[DetectedFace] = []
         if cfg.model in ("short", "auto"):
-            faces = _nms(self._run(rgb, 0, cfg.pad_fraction), cfg.nms_iou)
+            for f in self._run(rgb, 0, cfg.pad_fraction):
+                # Short-range keypoints are the more precise on faces that fill the frame: a small
+                # bonus lets them win ties, while a clearly better full-range detection still wins.
+                candidates.append(DetectedFace(f.box, f.score, f.keypoints, rank=f.score + cfg.short_bonus))
         if cfg.model in ("full", "auto"):
-            for extra in _nms(self._run(rgb, 1, 0.0), cfg.nms_iou):
-                if all(_iou(extra.box, f.box) <= cfg.nms_iou for f in faces):
-                    faces.append(extra)
+            candidates += self._run(rgb, 1, 0.0)
+            candidates += self._run_tiles(rgb)
+        faces = _nms(candidates, cfg.nms_iou)
         faces.sort(key=lambda f: (f.box[1], f.box[0]))
         return faces
+
+    def _run_tiles(self, rgb: NDArray[np.uint8]) -> list[DetectedFace]:
+        """Detection on three overlapping halves along the long side of a large image.
+
+        BlazeFace sees the whole image at 192 px, so in a wide group photo a 140 px face shrinks
+        to ~24 px and can be missed; each half doubles that, and the overlap means every face lies
+        whole inside some tile. Only images whose long side exceeds `tile_above` pay for it.
+        """
+        h, w = rgb.shape[:2]
+        if max(h, w) <= self.config.tile_above:
+            return []
+        out: list[DetectedFace] = []
+        span = 0.5  # each tile covers half the long side; three tiles overlap by half a tile
+        for start in (0.0, 0.25, 0.5):
+            if w >= h:
+                x0, x1 = round(start * w), round((start + span) * w)
+                tile, off = rgb[:, x0:x1], np.array([x0, 0], dtype=np.float32)
+            else:
+                y0, y1 = round(start * h), round((start + span) * h)
+                tile, off = rgb[y0:y1], np.array([0, y0], dtype=np.float32)
+            tile = np.ascontiguousarray(tile)
+            # Both models: in a tile, a mid-sized face is large enough for the short-range model,
+            # which (padded) also copes with faces cut at the forehead or chin.
+            found = [(f, f.score) for f in self._run(tile, 1, 0.0)]
+            found += [(f, f.score + self.config.short_bonus) for f in self._run(tile, 0, self.config.pad_fraction)]
+            for f, rank in found:
+                box = (f.box[0] + float(off[0]), f.box[1] + float(off[1]), f.box[2], f.box[3])
+                out.append(DetectedFace(box, f.score, f.keypoints + off, rank=rank))
+        return out
 
     def close(self) -> None:
         for model in self._models.values():
@@ -142,7 +183,7 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
 
 def _nms(faces: list[DetectedFace], iou: float) -> list[DetectedFace]:
     kept: list[DetectedFace] = []
-    for face in sorted(faces, key=lambda f: -f.score):
+    for face in sorted(faces, key=lambda f: -f.rank):
         if all(_iou(face.box, k.box) <= iou for k in kept):
             kept.append(face)
     return kept

@@ -78,7 +78,8 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> NDArray[np.uint8]
     except UnidentifiedImageError as exc:
         raise ImageDecodeError("the upload is not a recognised image") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(str(exc)) from exc
+        # Pillow's own guard (2x its MAX_IMAGE_PIXELS) fired before ours could.
+        raise ImageTooLargeError(f"the image declares too many pixels: {exc}") from exc
     except Exception as exc:
         raise ImageDecodeError(f"the image header could not be read: {type(exc).__name__}") from exc
 

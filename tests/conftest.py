@@ -1,0 +1,67 @@
+"""Shared fixtures. Tests that need real faces read them from ../shared/datasets/utkface and skip
+with a clear reason when it is absent; everything else makes its own images."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+DATASET = Path(os.environ.get("AGELENS_UTKFACE", REPO.parent / "shared" / "datasets" / "utkface"))
+SPLIT = REPO / "training" / "splits" / "utkface.csv"
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def dataset_available() -> bool:
+    return DATASET.is_dir() and any(DATASET.glob("*.jpg"))
+
+
+needs_dataset = pytest.mark.skipif(
+    not dataset_available(), reason=f"UTKFace not found at {DATASET} (set AGELENS_UTKFACE); real-face tests skipped"
+)
+
+
+def split_rows() -> list[dict[str, str]]:
+    with open(SPLIT, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def faces_in_test_split(lo: int, hi: int, n: int) -> list[tuple[Path, int]]:
+    """The first n test-split faces with lo <= age <= hi (deterministic: sorted by filename)."""
+    rows = [r for r in split_rows() if r["split"] == "test" and lo <= int(r["age"]) <= hi]
+    return [(DATASET / r["filename"], int(r["age"])) for r in rows[:n]]
+
+
+def face_bytes(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def face_rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def encode(arr_or_img: np.ndarray | Image.Image, fmt: str = "JPEG", **kw: object) -> bytes:
+    img = Image.fromarray(arr_or_img) if isinstance(arr_or_img, np.ndarray) else arr_or_img
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def app_client() -> Iterator[object]:
+    """The real app, real ONNX model from model_store/, real MediaPipe, through the ASGI interface."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(max_upload_bytes=8 * 1024 * 1024, max_faces=20))
+    with TestClient(app) as client:
+        yield client
