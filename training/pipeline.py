@@ -239,12 +239,12 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     targets = None
     if {"student", "ablation"} & set(stages):
         targets = teacher_targets(cfg, data, True, True)
-    if "ablation" in stages and cfg.ablation.enabled:
-        assert targets is not None
-        summary["ablation"] = stage_ablation(cfg, data, targets)
     if "student" in stages:
         assert targets is not None
         summary["student"] = stage_student(cfg, data, targets)
+    if "ablation" in stages and cfg.ablation.enabled:
+        assert targets is not None
+        summary["ablation"] = stage_ablation(cfg, data, targets)
     if "export" in stages:
         model = load_classifier(cfg.run_dir / "student" / "best.pt")
         d = cfg.distill

@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,11 @@ def build_cache(
     n_faces = np.zeros(n, dtype=np.int32)
     t0 = time.time()
     done = 0
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(spec.model_dump_json(),)) as pool:
+    # "spawn", not fork: the parent may already run torch's OpenMP threads, and a forked child
+    # inherits their locks and deadlocks (seen here: the smoke pipeline hung in prepare).
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(spec.model_dump_json(),)) as pool:
         for ci, results in enumerate(pool.map(_process, chunks)):
             for j, (crop, nf, _score) in enumerate(results):
                 i = ci * chunk + j
@@ -137,5 +141,3 @@ def load_cache(cache_dir: Path) -> tuple[np.ndarray, list[Record], AlignmentSpec
 def records_summary(records: list[Record]) -> dict[str, int]:
     return {part: sum(r.split == part for r in records) for part in ("train", "val", "test")}
 
-
-__all__ = ["build_cache", "load_cache", "records_summary", "asdict"]

@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# agelens service image: CPU, onnxruntime, MediaPipe; no torch, no build tools in the final stage.
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY docker/requirements-service.txt /tmp/requirements.txt
+# mediapipe is installed without its declared dependencies: it pulls jax, jaxlib, sentencepiece
+# and sounddevice for tasks the face detector never runs; the ones its import really needs are
+# listed in requirements-service.txt (see docker/README.md for the measured saving).
+RUN python -m pip install -r /tmp/requirements.txt \
+ && python -m pip install --no-deps mediapipe==0.10.21
+COPY pyproject.toml README.md ./
+COPY agelens ./agelens
+COPY service ./service
+RUN python -m pip install --no-deps .
+
+FROM ${BASE_IMAGE}
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GLOG_minloglevel=2 \
+    AGELENS_MODEL_STORE=/models
+RUN useradd --create-home --uid 10001 agelens
+COPY --from=build /opt/venv /opt/venv
+COPY model_store /models
+USER agelens
+WORKDIR /home/agelens
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=2).status == 200 else 1)"]
+CMD ["agelens", "serve", "--host", "0.0.0.0", "--port", "8000"]

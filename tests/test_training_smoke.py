@@ -1,0 +1,107 @@
+"""The whole training pipeline on a few dozen faces (training/configs/smoke.toml), through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from agelens.manifest import ModelManifest, sha256_file
+from tests.conftest import DATASET, REPO, needs_dataset
+from training.export import export_onnx
+from training.models import AgeClassifier, OrdinalTeacher, count_parameters, permutation_classes
+from training.ordinal import perm_lookup, sample_sequences
+
+
+def write_config(tmp: Path) -> Path:
+    cfg = tomllib.loads((REPO / "training/configs/smoke.toml").read_text())
+    text = (REPO / "training/configs/smoke.toml").read_text()
+    text = text.replace(f'run_dir = "{cfg["run_dir"]}"', f'run_dir = "{tmp / "run"}"')
+    text = text.replace(f'cache = "{cfg["data"]["cache"]}"', f'cache = "{tmp / "cache"}"')
+    text = text.replace(f'model_store = "{cfg["export"]["model_store"]}"', f'model_store = "{tmp / "store"}"')
+    text = text.replace(f'root = "{cfg["data"]["root"]}"', f'root = "{DATASET}"')
+    text = text.replace(f'split = "{cfg["data"]["split"]}"', f'split = "{REPO / cfg["data"]["split"]}"')
+    out = tmp / "smoke.toml"
+    out.write_text(text)
+    return out
+
+
+@needs_dataset
+@pytest.mark.slow
+def test_smoke_pipeline_end_to_end(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "agelens.cli", "train", "--config", str(cfg)], cwd=REPO, check=True,
+                   capture_output=True)
+    elapsed = time.time() - t0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {"dk_teacher", "ordinal_teacher", "ablation", "student"} <= set(summary)
+    assert set(summary["ablation"]["arms"]) == {"student_ce", "student_dk", "student_hint", "student_dk_hint"}
+    assert summary["ordinal_teacher"]["test"]["chance"] == pytest.approx(1 / 12)
+    model_dir = tmp_path / "store" / "agelens-smoke" / "0.0.1"
+    manifest = ModelManifest.load(model_dir / "manifest.json")
+    assert manifest.sha256 == sha256_file(model_dir / "model.onnx")
+    assert manifest.metrics is not None and manifest.metrics.n == 24
+    assert (model_dir / "MODEL_CARD.md").read_text().startswith("# Model card")
+    assert (model_dir / "model.int8.onnx").is_file()
+    # Resume: a second run finds every stage done and only re-exports.
+    t1 = time.time()
+    subprocess.run([sys.executable, "-m", "agelens.cli", "train", "--config", str(cfg), "--stages",
+                    "dk_teacher,ordinal_teacher,ablation,student"], cwd=REPO, check=True, capture_output=True)
+    assert time.time() - t1 < elapsed
+    assert elapsed < 120, f"smoke pipeline took {elapsed:.0f} s"
+
+
+def test_student_is_compact() -> None:
+    assert count_parameters(AgeClassifier()) <= 500_000
+
+
+def test_onnx_export_parity_and_dynamic_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = AgeClassifier().eval()
+    # Non-trivial BN statistics, so folding them is exercised.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    path = tmp_path / "m.onnx"
+    export_onnx(model, path, 64)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = torch.randn(n, 3, 64, 64)
+        with torch.no_grad():
+            ref = torch.softmax(model(x), 1).numpy()
+        got = torch.softmax(torch.from_numpy(sess.run(None, {"input": x.numpy()})[0]), 1).numpy()
+        assert got.shape == (n, 101)
+        assert np.abs(ref - got).max() <= 1e-4
+
+
+def test_permutation_classes_merge_reverses() -> None:
+    classes = permutation_classes(4)
+    assert len(classes) == 12
+    lookup = perm_lookup(4)
+    assert lookup[(0, 1, 2, 3)] == lookup[(3, 2, 1, 0)]
+    assert len(set(lookup.values())) == 12
+    teacher = OrdinalTeacher(k=4)
+    assert teacher(torch.zeros(2, 4, 3, 64, 64)).shape == (2, 12)
+
+
+def test_sampled_sequences_respect_the_gap_and_labels_sort_them() -> None:
+    rng = np.random.default_rng(0)
+    ages = rng.integers(1, 90, 500)
+    seqs, labels = sample_sequences(ages, 4, 5, 200, rng)
+    perms = permutation_classes(4)
+    for seq, label in zip(seqs, labels, strict=True):
+        a = ages[seq]
+        assert np.all(np.diff(np.sort(a)) >= 5)
+        ordered = a[list(perms[label])]
+        assert np.all(np.diff(ordered) > 0) or np.all(np.diff(ordered) < 0)
