@@ -43,7 +43,8 @@ def load_data(cache_dir: Path, limit_per_split: int = 0) -> CachedData:
     for name in ("train", "val", "test"):
         idx = np.array([i for i, r in enumerate(records) if r.split == name], dtype=np.int64)
         if limit_per_split:
-            idx = idx[:limit_per_split]
+            # Same rule as the pipeline's prepare stage: an even stride over the part.
+            idx = idx[:: max(1, len(idx) // limit_per_split)][:limit_per_split]
         # Copy into RAM once (~200 MB for UTKFace at 64 px); the memmap then closes.
         part_crops = torch.from_numpy(np.ascontiguousarray(crops[idx]))
         ages = torch.tensor([min(records[i].age, NUM_CLASSES - 1) for i in idx], dtype=torch.int64)

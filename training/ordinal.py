@@ -40,11 +40,22 @@ def sample_sequences(ages: np.ndarray, k: int, min_gap: int, count: int, rng: np
     lookup = perm_lookup(k)
     out = np.empty((0, k), dtype=np.int64)
     n = len(ages)
-    while len(out) < count:
+    # Feasibility: greedily pick ages at least min_gap apart; without k of them no sequence exists.
+    picked: list[int] = []
+    for a in np.unique(ages):
+        if not picked or a - picked[-1] >= max(1, min_gap):
+            picked.append(int(a))
+    if len(picked) < k:
+        raise ValueError(f"cannot sample {k} ages {min_gap}+ years apart from ages {sorted(set(ages.tolist()))[:20]}")
+    for _ in range(10_000):
+        if len(out) >= count:
+            break
         cand = rng.integers(0, n, size=(count * 4, k))
         a = np.sort(ages[cand], axis=1)
         ok = (np.diff(a, axis=1) >= max(1, min_gap)).all(axis=1)
         out = np.concatenate([out, cand[ok]])
+    else:
+        raise RuntimeError("sequence sampling did not converge")
     out = out[:count]
     order = np.argsort(ages[out], axis=1, kind="stable")
     labels = np.array([lookup[tuple(int(v) for v in row)] for row in order], dtype=np.int64)

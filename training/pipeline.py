@@ -40,6 +40,17 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def limit_records(records: list, per_split: int) -> list:
+    """An evenly strided subset of each part: the split file is sorted by name, i.e. by age
+    string, so taking the first N would give a handful of ages only."""
+    out = []
+    for part in ("train", "val", "test"):
+        rows = [r for r in records if r.split == part]
+        step = max(1, len(rows) // per_split)
+        out += rows[::step][:per_split]
+    return out
+
+
 def stage_prepare(cfg: PipelineConfig) -> None:
     d = cfg.data
     spec = AlignmentSpec(crop_size=d.crop_size, margin=d.margin)
@@ -59,7 +70,7 @@ def stage_prepare(cfg: PipelineConfig) -> None:
     else:
         records = read_csv_manifest(d.split)
     if d.limit_per_split:
-        records = [r for part in ("train", "val", "test") for r in [x for x in records if x.split == part][: d.limit_per_split]]
+        records = limit_records(records, d.limit_per_split)
     stats = build_cache(records, d.root, d.cache, spec, workers=d.workers)
     log.info("prepare: detection rate %.4f (%d/%d)", stats["detection_rate"], stats["detected"], stats["images"])
 
