@@ -23,8 +23,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.model_version:
         os.environ["AGELENS_MODEL_VERSION"] = args.model_version
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 
@@ -35,8 +42,10 @@ def _face_rows(result: object) -> list[str]:
     rows = []
     for i, f in enumerate(result.faces):
         b = f.box
-        rows.append(f"{i:>4}  {b.x:>7.0f} {b.y:>7.0f} {b.width:>6.0f} {b.height:>6.0f}  {f.score:>5.2f}  "
-                    f"{f.age:>6.1f}  {f.age_std:>5.1f}  {f.age_interval.low:>4.0f}-{f.age_interval.high:<4.0f}")
+        rows.append(
+            f"{i:>4}  {b.x:>7.0f} {b.y:>7.0f} {b.width:>6.0f} {b.height:>6.0f}  {f.score:>5.2f}  "
+            f"{f.age:>6.1f}  {f.age_std:>5.1f}  {f.age_interval.low:>4.0f}-{f.age_interval.high:<4.0f}"
+        )
     return rows
 
 
@@ -55,8 +64,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": str(path), **result.model_dump(exclude_none=True)}))
                 continue
-            print(f"{path}: {result.image_width}x{result.image_height}, {len(result.faces)} face(s), "
-                  f"model {result.model.name} {result.model.version}, {result.timings.total_ms:.0f} ms")
+            print(
+                f"{path}: {result.image_width}x{result.image_height}, {len(result.faces)} face(s), "
+                f"model {result.model.name} {result.model.version}, {result.timings.total_ms:.0f} ms"
+            )
             if result.faces:
                 print("face        x       y  width height  score     age    std   90% interval")
                 print("\n".join(_face_rows(result)))
@@ -96,9 +107,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     stages = args.stages.split(",") if args.stages else list(STAGES)
     unknown = set(stages) - set(STAGES)
     if unknown:
-        print(f"unknown stages: {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        print(
+            f"unknown stages: {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}", file=sys.stderr
+        )
         return 2
-    handler = logging.FileHandler(cfg.run_dir / "train.log") if cfg.run_dir.mkdir(parents=True, exist_ok=True) is None else None
+    handler = (
+        logging.FileHandler(cfg.run_dir / "train.log")
+        if cfg.run_dir.mkdir(parents=True, exist_ok=True) is None
+        else None
+    )
     if handler:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
@@ -134,7 +151,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="agelens", description="Facial age estimation: service, client and training.")
+    p = argparse.ArgumentParser(
+        prog="agelens", description="Facial age estimation: service, client and training."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the HTTP service (settings from AGELENS_* env vars)")
@@ -165,7 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="run the training pipeline from a config file (resumable)")
     t.add_argument("--config", required=True)
-    t.add_argument("--stages", help="comma-separated subset of: prepare,dk_teacher,ordinal_teacher,student,ablation,export")
+    t.add_argument(
+        "--stages",
+        help="comma-separated subset of: prepare,dk_teacher,ordinal_teacher,student,ablation,export",
+    )
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a model-store entry with onnxruntime on a cached split")

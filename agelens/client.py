@@ -1,9 +1,9 @@
 """Typed Python client for the agelens service (needs only httpx and pydantic).
 
-    from agelens.client import AgelensClient
-    with AgelensClient("http://localhost:8000") as c:
-        for face in c.estimate("photo.jpg").faces:
-            print(face.box, face.age, face.age_interval)
+from agelens.client import AgelensClient
+with AgelensClient("http://localhost:8000") as c:
+    for face in c.estimate("photo.jpg").faces:
+        print(face.box, face.age, face.age_interval)
 """
 
 from __future__ import annotations
@@ -25,10 +25,22 @@ class AgelensError(Exception):
 class AgelensHTTPError(AgelensError):
     """The service answered with an error status; `code` and `message` come from its JSON body."""
 
-    def __init__(self, status: int, code: str, message: str, request_id: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(f"HTTP {status} {code}: {message}")
-        self.status, self.code, self.message, self.request_id, self.retry_after = status, code, message, request_id, retry_after
+        self.status, self.code, self.message, self.request_id, self.retry_after = (
+            status,
+            code,
+            message,
+            request_id,
+            retry_after,
+        )
 
 
 class AgelensConnectionError(AgelensError):
@@ -64,9 +76,16 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 class AgelensClient:
     """Synchronous client. Use as a context manager, or call close()."""
 
-    def __init__(self, base_url: str = "http://localhost:8000", api_key: str | None = None,
-                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, transport: httpx.BaseTransport | None = None) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=_headers(api_key), transport=transport)
+    def __init__(
+        self,
+        base_url: str = "http://localhost:8000",
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, headers=_headers(api_key), transport=transport
+        )
 
     def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
         try:
@@ -77,13 +96,19 @@ class AgelensClient:
         return resp
 
     def estimate(self, image: ImageInput, distribution: bool = True) -> EstimateResponse:
-        resp = self._send("POST", "/estimate", files={"image": _file_tuple(image)},
-                          params={"distribution": str(distribution).lower()})
+        resp = self._send(
+            "POST",
+            "/estimate",
+            files={"image": _file_tuple(image)},
+            params={"distribution": str(distribution).lower()},
+        )
         return EstimateResponse.model_validate(resp.json())
 
     def estimate_batch(self, images: list[ImageInput], distribution: bool = True) -> BatchResponse:
         files = [("images", _file_tuple(img, f"image{i}")) for i, img in enumerate(images)]
-        resp = self._send("POST", "/estimate/batch", files=files, params={"distribution": str(distribution).lower()})
+        resp = self._send(
+            "POST", "/estimate/batch", files=files, params={"distribution": str(distribution).lower()}
+        )
         return BatchResponse.model_validate(resp.json())
 
     def ready(self) -> Ready:
@@ -103,9 +128,16 @@ class AgelensClient:
 class AsyncAgelensClient:
     """Asynchronous twin of AgelensClient."""
 
-    def __init__(self, base_url: str = "http://localhost:8000", api_key: str | None = None,
-                 timeout: float | httpx.Timeout = DEFAULT_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=_headers(api_key), transport=transport)
+    def __init__(
+        self,
+        base_url: str = "http://localhost:8000",
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, headers=_headers(api_key), transport=transport
+        )
 
     async def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
         try:
@@ -116,13 +148,19 @@ class AsyncAgelensClient:
         return resp
 
     async def estimate(self, image: ImageInput, distribution: bool = True) -> EstimateResponse:
-        resp = await self._send("POST", "/estimate", files={"image": _file_tuple(image)},
-                                params={"distribution": str(distribution).lower()})
+        resp = await self._send(
+            "POST",
+            "/estimate",
+            files={"image": _file_tuple(image)},
+            params={"distribution": str(distribution).lower()},
+        )
         return EstimateResponse.model_validate(resp.json())
 
     async def estimate_batch(self, images: list[ImageInput], distribution: bool = True) -> BatchResponse:
         files = [("images", _file_tuple(img, f"image{i}")) for i, img in enumerate(images)]
-        resp = await self._send("POST", "/estimate/batch", files=files, params={"distribution": str(distribution).lower()})
+        resp = await self._send(
+            "POST", "/estimate/batch", files=files, params={"distribution": str(distribution).lower()}
+        )
         return BatchResponse.model_validate(resp.json())
 
     async def ready(self) -> Ready:

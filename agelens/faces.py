@@ -160,7 +160,9 @@ class FaceDetector:
             # Both models: in a tile, a mid-sized face is large enough for the short-range model,
             # which (padded) also copes with faces cut at the forehead or chin.
             found = [(f, f.score) for f in self._run(tile, 1, 0.0)]
-            found += [(f, f.score + self.config.short_bonus) for f in self._run(tile, 0, self.config.pad_fraction)]
+            found += [
+                (f, f.score + self.config.short_bonus) for f in self._run(tile, 0, self.config.pad_fraction)
+            ]
             for f, rank in found:
                 box = (f.box[0] + float(off[0]), f.box[1] + float(off[1]), f.box[2], f.box[3])
                 out.append(DetectedFace(box, f.score, f.keypoints + off, rank=rank))
@@ -211,7 +213,9 @@ def similarity_transform(src: NDArray[np.floating], dst: NDArray[np.floating]) -
     return np.hstack([scale * rot, t[:, None]])
 
 
-def align_face(rgb: NDArray[np.uint8], keypoints: NDArray[np.floating], spec: AlignmentSpec) -> NDArray[np.uint8]:
+def align_face(
+    rgb: NDArray[np.uint8], keypoints: NDArray[np.floating], spec: AlignmentSpec
+) -> NDArray[np.uint8]:
     """Warp the face so its keypoints land on the template; returns (S, S, 3) uint8."""
     idx = [KEYPOINT_INDEX[name] for name in spec.keypoints]
     src = np.asarray(keypoints, dtype=np.float64)[idx]

@@ -45,7 +45,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.estimator = await run_in_threadpool(load_estimator, settings)
         app.state.ready = True
         info = app.state.estimator.info
-        log.info("model ready", extra={"model": info.name, "version": info.version, "variant": settings.model_variant})
+        log.info(
+            "model ready",
+            extra={"model": info.name, "version": info.version, "variant": settings.model_variant},
+        )
         yield
         app.state.ready = False
         app.state.estimator.pipeline.detector.close()
@@ -65,9 +68,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(estimate.router)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
-    app.add_middleware(RequestContextMiddleware, max_body=settings.max_upload_bytes, metrics=app.state.metrics)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(
+        RequestContextMiddleware, max_body=settings.max_upload_bytes, metrics=app.state.metrics
+    )
     if (STATIC / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

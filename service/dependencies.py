@@ -24,7 +24,9 @@ def get_estimator(request: Request) -> Estimator:
 def check_api_key(request: Request, key: str | None = Security(_api_key_header)) -> None:
     expected = request.app.state.settings.api_key
     if expected and not (key and secrets.compare_digest(key, expected)):
-        raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", {"WWW-Authenticate": "ApiKey"})
+        raise ApiError(
+            401, "unauthorized", "missing or wrong X-API-Key header", {"WWW-Authenticate": "ApiKey"}
+        )
 
 
 async def concurrency_slot(request: Request) -> AsyncIterator[None]:

@@ -21,8 +21,9 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def error_response(request: Request | None, status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    request: Request | None, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     rid = getattr(request.state, "request_id", None) if request is not None else None
     body = ErrorResponse(error=ErrorBody(code=code, message=message), request_id=rid)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
@@ -54,11 +55,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            exc.status_code, "http_error"
+        )
         return error_response(request, exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Logged with its traceback for operators; the client gets no internals.
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(request, 500, "internal_error", "internal error; see the server log with this request_id")
+        return error_response(
+            request, 500, "internal_error", "internal error; see the server log with this request_id"
+        )

@@ -66,7 +66,9 @@ class Estimator:
         crops = [f.crop for p in prepared for f in p.faces]
         return np.stack(crops) if crops else np.zeros((0, s, s, 3), dtype=np.uint8)
 
-    def _responses(self, prepared: list[_Prepared], include_distribution: bool, started: float) -> list[EstimateResponse]:
+    def _responses(
+        self, prepared: list[_Prepared], include_distribution: bool, started: float
+    ) -> list[EstimateResponse]:
         crops = self._crops(prepared)
         t0 = time.perf_counter()
         level = self.settings.interval_level
@@ -80,32 +82,50 @@ class Estimator:
             for af in p.faces:
                 assert preds is not None
                 x, y, w, h = af.face.box
-                faces.append(Face(
-                    box=Box(x=round(x, 1), y=round(y, 1), width=round(w, 1), height=round(h, 1)),
-                    score=round(af.face.score, 4),
-                    age=round(float(preds.age[i]), 2),
-                    age_std=round(float(preds.std[i]), 2),
-                    age_interval=AgeInterval(low=float(preds.low[i]), high=float(preds.high[i]), level=level),
-                    distribution=AgeDistribution(
-                        ages=ages, probabilities=[round(float(v), 6) for v in preds.probabilities[i]]
-                    ) if include_distribution else None,
-                ))
+                faces.append(
+                    Face(
+                        box=Box(x=round(x, 1), y=round(y, 1), width=round(w, 1), height=round(h, 1)),
+                        score=round(af.face.score, 4),
+                        age=round(float(preds.age[i]), 2),
+                        age_std=round(float(preds.std[i]), 2),
+                        age_interval=AgeInterval(
+                            low=float(preds.low[i]), high=float(preds.high[i]), level=level
+                        ),
+                        distribution=AgeDistribution(
+                            ages=ages, probabilities=[round(float(v), 6) for v in preds.probabilities[i]]
+                        )
+                        if include_distribution
+                        else None,
+                    )
+                )
                 i += 1
             share = infer_ms * len(p.faces) / max(1, len(crops))
-            out.append(EstimateResponse(
-                model=self.info, image_width=p.width, image_height=p.height, faces=faces,
-                faces_detected=p.detected, truncated=p.detected > len(p.faces),
-                timings=Timings(decode_ms=round(p.decode_ms, 2), detect_ms=round(p.detect_ms, 2),
-                                align_ms=round(p.align_ms, 2), infer_ms=round(share, 2),
-                                total_ms=round((time.perf_counter() - started) * 1e3, 2)),
-            ))
+            out.append(
+                EstimateResponse(
+                    model=self.info,
+                    image_width=p.width,
+                    image_height=p.height,
+                    faces=faces,
+                    faces_detected=p.detected,
+                    truncated=p.detected > len(p.faces),
+                    timings=Timings(
+                        decode_ms=round(p.decode_ms, 2),
+                        detect_ms=round(p.detect_ms, 2),
+                        align_ms=round(p.align_ms, 2),
+                        infer_ms=round(share, 2),
+                        total_ms=round((time.perf_counter() - started) * 1e3, 2),
+                    ),
+                )
+            )
         return out
 
     def estimate(self, data: bytes, include_distribution: bool = True) -> EstimateResponse:
         started = time.perf_counter()
         return self._responses([self._prepare(data)], include_distribution, started)[0]
 
-    def estimate_many(self, items: list[bytes], include_distribution: bool = True) -> list[EstimateResponse | Exception]:
+    def estimate_many(
+        self, items: list[bytes], include_distribution: bool = True
+    ) -> list[EstimateResponse | Exception]:
         """Per-image errors are returned in place; all faces of all good images share one model call."""
         started = time.perf_counter()
         prepared: list[_Prepared | Exception] = []

@@ -12,8 +12,12 @@ _STD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"messa
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
-               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         out.update({k: v for k, v in vars(record).items() if k not in _STD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -12,13 +12,30 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("agelens_requests_total", "HTTP requests", ["route", "method", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("agelens_request_seconds", "Request latency", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.faces = Histogram("agelens_faces_per_image", "Faces returned per image",
-                               buckets=(0, 1, 2, 3, 5, 10, 20, 50), registry=self.registry)
-        self.stage = Histogram("agelens_stage_seconds", "Time per pipeline stage", ["stage"],
-                               buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "agelens_requests_total", "HTTP requests", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "agelens_request_seconds",
+            "Request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.faces = Histogram(
+            "agelens_faces_per_image",
+            "Faces returned per image",
+            buckets=(0, 1, 2, 3, 5, 10, 20, 50),
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "agelens_stage_seconds",
+            "Time per pipeline stage",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.in_flight = Gauge("agelens_in_flight", "Requests being processed", registry=self.registry)
-        self.rejected = Counter("agelens_rejected_total", "Requests rejected as over capacity", registry=self.registry)
+        self.rejected = Counter(
+            "agelens_rejected_total", "Requests rejected as over capacity", registry=self.registry
+        )

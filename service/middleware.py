@@ -20,9 +20,15 @@ class _BodyTooLarge(Exception):
 
 def _json_error(status: int, code: str, message: str, request_id: str) -> tuple[dict, bytes]:
     body = json.dumps({"error": {"code": code, "message": message}, "request_id": request_id}).encode()
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"x-request-id", request_id.encode())]}
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", request_id.encode()),
+        ],
+    }
     return start, body
 
 
@@ -87,5 +93,13 @@ class RequestContextMiddleware:
             if path != "/metrics":
                 self.metrics.requests.labels(path, scope.get("method", ""), status).inc()
                 self.metrics.latency.labels(path).observe(elapsed)
-            log.info("request", extra={"request_id": rid, "method": scope.get("method"), "path": scope.get("path"),
-                                       "status": int(status), "ms": round(elapsed * 1e3, 2)})
+            log.info(
+                "request",
+                extra={
+                    "request_id": rid,
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": int(status),
+                    "ms": round(elapsed * 1e3, 2),
+                },
+            )

@@ -24,7 +24,8 @@ def dataset_available() -> bool:
 
 
 needs_dataset = pytest.mark.skipif(
-    not dataset_available(), reason=f"UTKFace not found at {DATASET} (set AGELENS_UTKFACE); real-face tests skipped"
+    not dataset_available(),
+    reason=f"UTKFace not found at {DATASET} (set AGELENS_UTKFACE); real-face tests skipped",
 )
 
 

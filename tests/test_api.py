@@ -73,8 +73,12 @@ def test_distribution_can_be_left_out(app_client) -> None:  # type: ignore[no-un
 
 @needs_dataset
 def test_children_and_old_people_are_not_pulled_to_the_middle(app_client) -> None:  # type: ignore[no-untyped-def]
-    kids = [post(app_client, face_bytes(p)).json()["faces"][0]["age"] for p, _ in faces_in_test_split(1, 6, 12)]
-    old = [post(app_client, face_bytes(p)).json()["faces"][0]["age"] for p, _ in faces_in_test_split(75, 90, 12)]
+    kids = [
+        post(app_client, face_bytes(p)).json()["faces"][0]["age"] for p, _ in faces_in_test_split(1, 6, 12)
+    ]
+    old = [
+        post(app_client, face_bytes(p)).json()["faces"][0]["age"] for p, _ in faces_in_test_split(75, 90, 12)
+    ]
     assert np.mean(kids) < 10, kids
     assert np.mean(old) > 60, old
 
@@ -159,8 +163,12 @@ def test_exif_rotated_photo_boxes_come_back_in_displayed_orientation(app_client)
 
 @needs_dataset
 def test_many_faces_at_different_scales(app_client) -> None:  # type: ignore[no-untyped-def]
-    picks = [faces_in_test_split(3, 8, 1)[0], faces_in_test_split(25, 30, 1)[0],
-             faces_in_test_split(45, 55, 1)[0], faces_in_test_split(70, 85, 1)[0]]
+    picks = [
+        faces_in_test_split(3, 8, 1)[0],
+        faces_in_test_split(25, 30, 1)[0],
+        faces_in_test_split(45, 55, 1)[0],
+        faces_in_test_split(70, 85, 1)[0],
+    ]
     canvas = np.full((620, 1100, 3), 225, dtype=np.uint8)
     slots = [(40, 60, 280), (380, 120, 220), (650, 200, 170), (880, 250, 140)]
     placed = [place(canvas, face_rgb(p), x, y, s) for (p, _), (x, y, s) in zip(picks, slots, strict=True)]
@@ -168,9 +176,12 @@ def test_many_faces_at_different_scales(app_client) -> None:  # type: ignore[no-
     assert body["faces_detected"] == 4, body["faces_detected"]
     for (px, py, pw, ph), (path, _) in zip(placed, picks, strict=True):
         cx, cy = px + pw / 2, py + ph / 2
-        match = [f for f in body["faces"]
-                 if abs(f["box"]["x"] + f["box"]["width"] / 2 - cx) < pw * 0.25
-                 and abs(f["box"]["y"] + f["box"]["height"] / 2 - cy) < ph * 0.3]
+        match = [
+            f
+            for f in body["faces"]
+            if abs(f["box"]["x"] + f["box"]["width"] / 2 - cx) < pw * 0.25
+            and abs(f["box"]["y"] + f["box"]["height"] / 2 - cy) < ph * 0.3
+        ]
         assert len(match) == 1, f"face at ({px},{py}) size {pw}: {len(match)} matches"
         alone = post(app_client, face_bytes(path)).json()["faces"][0]["age"]
         assert abs(match[0]["age"] - alone) < 5.0, (path.name, match[0]["age"], alone)
@@ -179,8 +190,11 @@ def test_many_faces_at_different_scales(app_client) -> None:  # type: ignore[no-
 @needs_dataset
 def test_batch_keeps_order_and_isolates_errors(app_client) -> None:  # type: ignore[no-untyped-def]
     (p1, _), (p2, _) = faces_in_test_split(20, 60, 2)
-    files = [("images", ("a.jpg", face_bytes(p1))), ("images", ("b.txt", b"not an image")),
-             ("images", ("c.jpg", face_bytes(p2)))]
+    files = [
+        ("images", ("a.jpg", face_bytes(p1))),
+        ("images", ("b.txt", b"not an image")),
+        ("images", ("c.jpg", face_bytes(p2))),
+    ]
     resp = app_client.post("/estimate/batch", files=files, params={"distribution": "false"})
     assert resp.status_code == 200, resp.text
     items = resp.json()["items"]

@@ -30,8 +30,13 @@ def free_port() -> int:
 def server() -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "AGELENS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024), "GLOG_minloglevel": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "agelens.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agelens.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     try:
@@ -98,17 +103,37 @@ def test_async_client_concurrent_requests(server: str) -> None:
 @needs_dataset
 def test_cli_estimate_prints_a_table_and_json(server: str) -> None:
     path: Path = faces_in_test_split(30, 35, 1)[0][0]
-    out = subprocess.run([sys.executable, "-m", "agelens.cli", "estimate", "--url", server, str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "agelens.cli", "estimate", "--url", server, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "1 face(s)" in out and "90% interval" in out
-    out = subprocess.run([sys.executable, "-m", "agelens.cli", "estimate", "--url", server, "--json", str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "agelens.cli", "estimate", "--url", server, "--json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     import json
+
     body = json.loads(out)
     assert len(body["faces"]) == 1 and len(body["faces"][0]["distribution"]["ages"]) == 101
 
 
 def test_cli_reports_unreachable_server() -> None:
-    res = subprocess.run([sys.executable, "-m", "agelens.cli", "estimate", "--url", f"http://127.0.0.1:{free_port()}",
-                          __file__], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agelens.cli",
+            "estimate",
+            "--url",
+            f"http://127.0.0.1:{free_port()}",
+            __file__,
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 1 and "cannot reach" in res.stderr

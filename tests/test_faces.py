@@ -8,7 +8,7 @@ import pytest
 
 from agelens.faces import FacePipeline, align_face, similarity_transform
 from agelens.manifest import AlignmentSpec
-from tests.conftest import face_rgb, needs_dataset, faces_in_test_split
+from tests.conftest import face_rgb, faces_in_test_split, needs_dataset
 
 SPEC = AlignmentSpec(crop_size=64)
 

@@ -39,8 +39,12 @@ def write_config(tmp: Path) -> Path:
 def test_smoke_pipeline_end_to_end(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "agelens.cli", "train", "--config", str(cfg)], cwd=REPO, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "agelens.cli", "train", "--config", str(cfg)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     elapsed = time.time() - t0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert {"dk_teacher", "ordinal_teacher", "ablation", "student"} <= set(summary)
@@ -54,8 +58,21 @@ def test_smoke_pipeline_end_to_end(tmp_path: Path) -> None:
     assert (model_dir / "model.int8.onnx").is_file()
     # Resume: a second run finds every stage done and only re-exports.
     t1 = time.time()
-    subprocess.run([sys.executable, "-m", "agelens.cli", "train", "--config", str(cfg), "--stages",
-                    "dk_teacher,ordinal_teacher,ablation,student"], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agelens.cli",
+            "train",
+            "--config",
+            str(cfg),
+            "--stages",
+            "dk_teacher,ordinal_teacher,ablation,student",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     assert time.time() - t1 < elapsed
     assert elapsed < 120, f"smoke pipeline took {elapsed:.0f} s"
 

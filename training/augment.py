@@ -55,7 +55,7 @@ def augment(
     x = x * b
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * c + mean
-    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = (x - gray) * s + gray
     to_gray = (torch.rand(n, generator=gen) < gray_p).view(n, 1, 1, 1)
     x = torch.where(to_gray, gray.expand_as(x), x)

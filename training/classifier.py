@@ -50,7 +50,11 @@ class TeacherTargets:
 
 @torch.no_grad()
 def compute_teacher_targets(
-    crops: Tensor, norm: Normalisation, dk: AgeClassifier | None, ordinal: OrdinalTeacher | None, batch: int = 512
+    crops: Tensor,
+    norm: Normalisation,
+    dk: AgeClassifier | None,
+    ordinal: OrdinalTeacher | None,
+    batch: int = 512,
 ) -> TeacherTargets:
     outs: dict[str, list[Tensor]] = {"dk": [], "ord": []}
     for t in (dk, ordinal):
@@ -90,15 +94,19 @@ def label_loss(logits: Tensor, ages: Tensor, sigma: float, l1_weight: float) -> 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     t = temperature
     return F.kl_div(
-        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-        reduction="batchmean", log_target=True,
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
     ) * (t * t)
 
 
 def hint_loss(student_feat: Tensor, teacher_emb: Tensor, kind: str) -> Tensor:
     if kind == "cosine":
         return (1.0 - F.cosine_similarity(student_feat, teacher_emb, dim=1)).mean()
-    return F.mse_loss(F.normalize(student_feat, dim=1), F.normalize(teacher_emb, dim=1)) * student_feat.shape[1]
+    return (
+        F.mse_loss(F.normalize(student_feat, dim=1), F.normalize(teacher_emb, dim=1)) * student_feat.shape[1]
+    )
 
 
 def val_mae(model: nn.Module, data: CachedData, norm: Normalisation) -> float:
@@ -178,33 +186,58 @@ def train_classifier(
                 assert targets.dk_logits is not None
                 l_kd = kd_loss(logits, targets.dk_logits[idx, view], distill.temperature)
                 loss = loss + distill.alpha * l_kd
-                sums["kd"] += float(l_kd)
+                sums["kd"] += float(l_kd.detach())
             if use_hint:
                 assert targets.ordinal_embed is not None and adapter is not None
                 t_emb = targets.ordinal_embed[idx, view]
                 l_hint = hint_loss(adapter(feat), t_emb, distill.hint_loss)
                 loss = loss + distill.beta * l_hint
-                sums["hint"] += float(l_hint)
+                sums["hint"] += float(l_hint.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            sums["loss"] += float(loss)
-            sums["label"] += float(l_label)
+            sums["loss"] += float(loss.detach())
+            sums["label"] += float(l_label.detach())
         mae = val_mae(model, data, norm)
         improved = mae < best
         if improved:
             best = mae
-            torch.save({"model": model.state_dict(), "config": cfg.model_dump(), "epoch": epoch, "val_mae": mae}, best_path)
+            torch.save(
+                {"model": model.state_dict(), "config": cfg.model_dump(), "epoch": epoch, "val_mae": mae},
+                best_path,
+            )
         rec = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
-        rec.update(epoch=epoch, val_mae=round(mae, 4), seconds=round(time.time() - t0, 1), lr=opt.param_groups[0]["lr"])
+        rec.update(
+            epoch=epoch,
+            val_mae=round(mae, 4),
+            seconds=round(time.time() - t0, 1),
+            lr=opt.param_groups[0]["lr"],
+        )
         with open(history, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        log.info("%s: epoch %d/%d loss %.3f val MAE %.3f%s (%.0fs)", out_dir.name, epoch + 1, cfg.epochs,
-                 rec["loss"], mae, " *" if improved else "", rec["seconds"])
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "gen": gen.get_state(), "epoch": epoch, "best": best,
-                    "adapter": adapter.state_dict() if adapter is not None else None}, last_path)
+        log.info(
+            "%s: epoch %d/%d loss %.3f val MAE %.3f%s (%.0fs)",
+            out_dir.name,
+            epoch + 1,
+            cfg.epochs,
+            rec["loss"],
+            mae,
+            " *" if improved else "",
+            rec["seconds"],
+        )
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "gen": gen.get_state(),
+                "epoch": epoch,
+                "best": best,
+                "adapter": adapter.state_dict() if adapter is not None else None,
+            },
+            last_path,
+        )
     final = build_classifier(cfg)
     final.load_state_dict(torch.load(best_path, weights_only=False)["model"])
     final.eval()

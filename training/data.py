@@ -100,6 +100,11 @@ def build_utkface_split(root: Path) -> tuple[list[Record], dict[str, int]]:
     return records, stats
 
 
+def _optional_int(row: dict[str, str], col: str) -> int | None:
+    v = (row.get(col) or "").strip()
+    return int(v) if v else None
+
+
 def read_csv_manifest(csv_path: Path) -> list[Record]:
     base = csv_path.parent
     out: list[Record] = []
@@ -114,15 +119,18 @@ def read_csv_manifest(csv_path: Path) -> list[Record]:
             if age < 0:
                 raise ValueError(f"{csv_path}: negative age for {path}")
 
-            def opt(col: str) -> int | None:
-                v = (row.get(col) or "").strip()
-                return int(v) if v else None
-
             split = (row.get("split") or "").strip() or split_of(Path(path).name)
             if split not in SPLITS:
                 raise ValueError(f"{csv_path}: unknown split {split!r} for {path}")
-            out.append(Record(str(base / rel) if not Path(rel).is_absolute() else rel, age,
-                              opt("gender"), opt("race"), split))
+            out.append(
+                Record(
+                    str(base / rel) if not Path(rel).is_absolute() else rel,
+                    age,
+                    _optional_int(row, "gender"),
+                    _optional_int(row, "race"),
+                    split,
+                )
+            )
     return out
 
 
@@ -131,15 +139,26 @@ def write_split(records: Iterable[Record], path: Path) -> None:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["filename", "age", "gender", "race", "split"])
         for r in records:
-            w.writerow([r.filename, r.age, "" if r.gender is None else r.gender,
-                        "" if r.race is None else r.race, r.split])
+            w.writerow(
+                [
+                    r.filename,
+                    r.age,
+                    "" if r.gender is None else r.gender,
+                    "" if r.race is None else r.race,
+                    r.split,
+                ]
+            )
 
 
 def read_split(path: Path) -> list[Record]:
     with open(path, newline="", encoding="utf-8") as fh:
         return [
-            Record(row["filename"], int(row["age"]),
-                   int(row["gender"]) if row["gender"] else None,
-                   int(row["race"]) if row["race"] else None, row["split"])
+            Record(
+                row["filename"],
+                int(row["age"]),
+                int(row["gender"]) if row["gender"] else None,
+                int(row["race"]) if row["race"] else None,
+                row["split"],
+            )
             for row in csv.DictReader(fh)
         ]

@@ -19,7 +19,9 @@ RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, crops: Tensor, norm: Normalisation, batch_size: int = 512) -> NDArray[np.float32]:
+def predict_logits(
+    model: nn.Module, crops: Tensor, norm: Normalisation, batch_size: int = 512
+) -> NDArray[np.float32]:
     model.eval()
     out = []
     for i in range(0, len(crops), batch_size):
@@ -56,7 +58,10 @@ def band_keys(true: NDArray[np.floating]) -> list[str]:
 
 
 def compute_metrics(
-    probs: NDArray[np.floating], true_ages: NDArray[np.floating], ages: NDArray[np.floating], split: str = "test"
+    probs: NDArray[np.floating],
+    true_ages: NDArray[np.floating],
+    ages: NDArray[np.floating],
+    split: str = "test",
 ) -> Metrics:
     pred = expected_age(probs, ages)
     true = np.asarray(true_ages, dtype=np.float64)
@@ -66,23 +71,38 @@ def compute_metrics(
     bands.sort(key=lambda b: order.index(b.name))
     lo, hi = central_interval(probs, ages, 0.9)
     coverage = float(((true >= lo) & (true <= hi)).mean())
-    return Metrics(split=split, n=len(true), mae=round(mae, 4), cs5=round(cs5, 4), bands=bands,
-                   extra={"coverage90": round(coverage, 4)})
+    return Metrics(
+        split=split,
+        n=len(true),
+        mae=round(mae, 4),
+        cs5=round(cs5, 4),
+        bands=bands,
+        extra={"coverage90": round(coverage, 4)},
+    )
 
 
-def demographic_metrics(probs: NDArray[np.floating], records: list[Record], ages: NDArray[np.floating]) -> dict[str, list[AgeBand]]:
+def demographic_metrics(
+    probs: NDArray[np.floating], records: list[Record], ages: NDArray[np.floating]
+) -> dict[str, list[AgeBand]]:
     pred = expected_age(probs, ages)
     true = np.array([min(r.age, 100) for r in records], dtype=np.float64)
+
     def label(mapping: dict[int, str], v: int | None) -> str:
         return mapping.get(v, "unknown") if v is not None else "unknown"
+
     return {
         "gender": group_metrics(pred, true, [label(GENDERS, r.gender) for r in records]),
         "race": group_metrics(pred, true, [label(RACES, r.race) for r in records]),
     }
 
 
-def fit_temperature(logits: NDArray[np.floating], true_ages: NDArray[np.floating], ages: NDArray[np.floating],
-                    level: float = 0.9, grid: Callable[[], NDArray[np.floating]] | None = None) -> float:
+def fit_temperature(
+    logits: NDArray[np.floating],
+    true_ages: NDArray[np.floating],
+    ages: NDArray[np.floating],
+    level: float = 0.9,
+    grid: Callable[[], NDArray[np.floating]] | None = None,
+) -> float:
     """Temperature for the softmax so that the central `level` interval covers `level` of val.
 
     Coverage grows monotonically with T (a flatter distribution gives wider intervals), so a

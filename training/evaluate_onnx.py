@@ -25,14 +25,23 @@ def evaluate_model_dir(model_dir: Path, cache: Path, split: str = "test", varian
     file = manifest.file if variant == "fp32" else str(manifest.notes["int8_file"])
     sess = ort.InferenceSession(str(model_dir / file), providers=["CPUExecutionProvider"])
     crops = part.crops.numpy()
-    logits = np.concatenate([sess.run(None, {manifest.input_name: normalise(crops[i:i + 256], manifest.normalisation)})[0]
-                             for i in range(0, len(crops), 256)])
+    logits = np.concatenate(
+        [
+            sess.run(None, {manifest.input_name: normalise(crops[i : i + 256], manifest.normalisation)})[0]
+            for i in range(0, len(crops), 256)
+        ]
+    )
     ages = np.asarray(manifest.ages, dtype=np.float64)
     m = compute_metrics(softmax(logits), part.ages.numpy(), ages, split)
     from agelens.ages import central_interval
+
     lo, hi = central_interval(softmax(logits, manifest.temperature), ages, 0.9)
     true = part.ages.numpy()
     m.extra["coverage90_calibrated"] = round(float(((true >= lo) & (true <= hi)).mean()), 4)
     demo = demographic_metrics(softmax(logits), part.records, ages)
-    return {"model": f"{manifest.name}/{manifest.version}", "variant": variant, "metrics": m.model_dump(),
-            "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()}}
+    return {
+        "model": f"{manifest.name}/{manifest.version}",
+        "variant": variant,
+        "metrics": m.model_dump(),
+        "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()},
+    }

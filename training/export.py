@@ -15,7 +15,14 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from agelens.manifest import MANIFEST_FILENAME, AlignmentSpec, Metrics, ModelManifest, Normalisation, sha256_file
+from agelens.manifest import (
+    MANIFEST_FILENAME,
+    AlignmentSpec,
+    Metrics,
+    ModelManifest,
+    Normalisation,
+    sha256_file,
+)
 from training.augment import normalise, to_float
 
 log = logging.getLogger(__name__)
@@ -28,8 +35,14 @@ def export_onnx(model: nn.Module, path: Path, crop_size: int, opset: int = 17) -
     dummy = torch.zeros(1, 3, crop_size, crop_size)
     # The TorchScript exporter gives a compact, fully folded graph for this plain CNN.
     torch.onnx.export(
-        model, (dummy,), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
+        model,
+        (dummy,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=opset,
+        dynamo=False,
     )
     onnx.checker.check_model(onnx.load(str(path)))
 
@@ -41,7 +54,9 @@ def onnx_session(path: Path, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(session: ort.InferenceSession, crops: torch.Tensor, norm: Normalisation, batch: int = 256) -> NDArray[np.float32]:
+def onnx_logits(
+    session: ort.InferenceSession, crops: torch.Tensor, norm: Normalisation, batch: int = 256
+) -> NDArray[np.float32]:
     out = []
     for i in range(0, len(crops), batch):
         x = normalise(to_float(crops[i : i + batch]), norm).numpy()
@@ -49,7 +64,9 @@ def onnx_logits(session: ort.InferenceSession, crops: torch.Tensor, norm: Normal
     return np.concatenate(out)
 
 
-def parity(model: nn.Module, session: ort.InferenceSession, crops: torch.Tensor, norm: Normalisation) -> float:
+def parity(
+    model: nn.Module, session: ort.InferenceSession, crops: torch.Tensor, norm: Normalisation
+) -> float:
     """Max abs difference of softmax probabilities between PyTorch and onnxruntime."""
     x = normalise(to_float(crops), norm)
     with torch.no_grad():
@@ -72,8 +89,15 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: NDArray[np.floa
 
     pre = int8_path.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_path), str(pre))
-    quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    quantize_static(
+        str(pre),
+        str(int8_path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+    )
     pre.unlink(missing_ok=True)
 
 
@@ -100,10 +124,20 @@ def register(
     if onnx_path.resolve() != target.resolve():
         shutil.copyfile(onnx_path, target)
     manifest = ModelManifest(
-        name=name, version=version, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        file=file_name, sha256=sha256_file(target), alignment=spec, normalisation=norm,
-        ages=list(range(101)), temperature=temperature, parameters=parameters,
-        training_data=training_data, split_sha256=split_sha256, metrics=metrics, notes=notes,
+        name=name,
+        version=version,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        file=file_name,
+        sha256=sha256_file(target),
+        alignment=spec,
+        normalisation=norm,
+        ages=list(range(101)),
+        temperature=temperature,
+        parameters=parameters,
+        training_data=training_data,
+        split_sha256=split_sha256,
+        metrics=metrics,
+        notes=notes,
     )
     manifest.save(dest / MANIFEST_FILENAME)
     (dest / "MODEL_CARD.md").write_text(card)

@@ -11,14 +11,25 @@ def _table(rows: list[AgeBand], head: str) -> str:
     return "\n".join(lines)
 
 
-def render_card(name: str, version: str, description: str, metrics: Metrics, demo: dict[str, list[AgeBand]],
-                parameters: int, notes: dict[str, str | float | int], temperature: float, spec: AlignmentSpec,
-                extra: str = "") -> str:
+def render_card(
+    name: str,
+    version: str,
+    description: str,
+    metrics: Metrics,
+    demo: dict[str, list[AgeBand]],
+    parameters: int,
+    notes: dict[str, str | float | int],
+    temperature: float,
+    spec: AlignmentSpec,
+    extra: str = "",
+) -> str:
     int8 = ""
     if "int8_file" in notes:
-        int8 = (f"- int8 variant `{notes['int8_file']}`: {int(notes['int8_bytes']) / 1024:.0f} KiB, test MAE "
-                f"{notes['int8_test_mae']:.2f}, CS@5 {notes['int8_test_cs5']:.3f} (static QDQ quantisation, "
-                "per-channel weights, calibrated on 512 val crops)\n")
+        int8 = (
+            f"- int8 variant `{notes['int8_file']}`: {int(notes['int8_bytes']) / 1024:.0f} KiB, test MAE "
+            f"{notes['int8_test_mae']:.2f}, CS@5 {notes['int8_test_cs5']:.3f} (static QDQ quantisation, "
+            "per-channel weights, calibrated on 512 val crops)\n"
+        )
     return f"""# Model card: {name} {version}
 
 {description}.
@@ -43,21 +54,22 @@ DEX algorithm and checked by a person, so they are apparent, not verified chrono
 ## Model
 - Input: {spec.crop_size}x{spec.crop_size} RGB face crop, aligned by a similarity transform of
   BlazeFace keypoints (eyes, nose, mouth) to the template in `manifest.json`, normalised as it says.
-- Parameters: {parameters:,}; compute: {int(notes.get('flops_macs', 0)) / 1e6:.1f} M multiply-accumulates per face.
-- ONNX file: {int(notes.get('onnx_bytes', 0)) / 1024:.0f} KiB (fp32, opset 17, dynamic batch).
+- Parameters: {parameters:,}; compute: {int(notes.get("flops_macs", 0)) / 1e6:.1f} M
+  multiply-accumulates per face.
+- ONNX file: {int(notes.get("onnx_bytes", 0)) / 1024:.0f} KiB (fp32, opset 17, dynamic batch).
 {int8}- Uncertainty: softmax temperature {temperature:.3f}, fitted on val so the 90 % interval covers
   90 % of val faces. The age itself is the expectation at temperature 1.
 
 ## Test metrics (n = {metrics.n})
 - MAE: **{metrics.mae:.2f}** years; CS@5: **{metrics.cs5:.3f}**
-- 90 % interval coverage on test: {metrics.extra.get('coverage90_calibrated', float('nan')):.3f} calibrated
-  ({metrics.extra.get('coverage90_uncalibrated', float('nan')):.3f} before calibration)
+- 90 % interval coverage on test: {metrics.extra.get("coverage90_calibrated", float("nan")):.3f} calibrated
+  ({metrics.extra.get("coverage90_uncalibrated", float("nan")):.3f} before calibration)
 
-{_table(metrics.bands, 'Age band')}
+{_table(metrics.bands, "Age band")}
 
-{_table(demo.get('gender', []), 'Gender (UTKFace label)')}
+{_table(demo.get("gender", []), "Gender (UTKFace label)")}
 
-{_table(demo.get('race', []), 'Race group (UTKFace label)')}
+{_table(demo.get("race", []), "Race group (UTKFace label)")}
 
 ## Known limits
 - UTKFace has few faces over 80 and few of some groups: those estimates are least reliable.

@@ -45,7 +45,7 @@ class ResNetBackbone(nn.Module):
         )
         stages = []
         cin = stem
-        for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+        for w, n in zip(widths, blocks, strict=True):
             layers = [BasicBlock(cin, w, 2)]
             layers += [BasicBlock(w, w, 1) for _ in range(n - 1)]
             stages.append(nn.Sequential(*layers))
@@ -137,7 +137,9 @@ class OrdinalTeacher(nn.Module):
         self.pairs = list(itertools.combinations(range(k), 2))
         self.pair_mlp = nn.Sequential(nn.Linear(2 * embed_dim, pair_dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(
-            nn.Dropout(0.2), nn.Linear(pair_dim * len(self.pairs), 256), nn.ReLU(inplace=True),
+            nn.Dropout(0.2),
+            nn.Linear(pair_dim * len(self.pairs), 256),
+            nn.ReLU(inplace=True),
             nn.Linear(256, len(self.perms)),
         )
 
@@ -178,5 +180,3 @@ def conv_flops(model: nn.Module, input_size: int) -> int:
     for h in handles:
         h.remove()
     return macs
-
-

@@ -35,7 +35,9 @@ def perm_lookup(k: int) -> dict[tuple[int, ...], int]:
     return table
 
 
-def sample_sequences(ages: np.ndarray, k: int, min_gap: int, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_sequences(
+    ages: np.ndarray, k: int, min_gap: int, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """`count` index tuples (count, k) with sorted ages at least min_gap apart, and their classes."""
     lookup = perm_lookup(k)
     out = np.empty((0, k), dtype=np.int64)
@@ -46,7 +48,9 @@ def sample_sequences(ages: np.ndarray, k: int, min_gap: int, count: int, rng: np
         if not picked or a - picked[-1] >= max(1, min_gap):
             picked.append(int(a))
     if len(picked) < k:
-        raise ValueError(f"cannot sample {k} ages {min_gap}+ years apart from ages {sorted(set(ages.tolist()))[:20]}")
+        raise ValueError(
+            f"cannot sample {k} ages {min_gap}+ years apart from ages {sorted(set(ages.tolist()))[:20]}"
+        )
     for _ in range(10_000):
         if len(out) >= count:
             break
@@ -67,7 +71,9 @@ def build_ordinal_teacher(cfg: OrdinalConfig) -> OrdinalTeacher:
 
 
 @torch.no_grad()
-def order_accuracy(model: OrdinalTeacher, part: Part, cfg: OrdinalConfig, norm: Normalisation, seed: int) -> dict[str, float]:
+def order_accuracy(
+    model: OrdinalTeacher, part: Part, cfg: OrdinalConfig, norm: Normalisation, seed: int
+) -> dict[str, float]:
     model.eval()
     rng = np.random.default_rng(seed)
     seqs, labels = sample_sequences(part.ages.numpy(), cfg.k, cfg.min_gap, cfg.eval_sequences, rng)
@@ -85,7 +91,9 @@ def _batch(part: Part, idx: Tensor, k: int, norm: Normalisation, gen: torch.Gene
     return x.view(len(idx), k, *x.shape[1:])
 
 
-def train_ordinal_teacher(cfg: OrdinalConfig, train: Part, val: Part, norm: Normalisation, out_dir: Path) -> OrdinalTeacher:
+def train_ordinal_teacher(
+    cfg: OrdinalConfig, train: Part, val: Part, norm: Normalisation, out_dir: Path
+) -> OrdinalTeacher:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = build_ordinal_teacher(cfg)
@@ -94,7 +102,10 @@ def train_ordinal_teacher(cfg: OrdinalConfig, train: Part, val: Part, norm: Norm
     total = cfg.epochs * steps_per_epoch
     warm = max(1, steps_per_epoch // 2)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+        opt,
+        lambda s: (
+            (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+        ),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     ages = train.ages.numpy()
@@ -124,21 +135,45 @@ def train_ordinal_teacher(cfg: OrdinalConfig, train: Part, val: Part, norm: Norm
             loss.backward()
             opt.step()
             sched.step()
-            tot_loss += float(loss)
+            tot_loss += float(loss.detach())
             correct += int((logits.argmax(1) == y).sum())
-        val = order_accuracy(model, val, cfg, norm, seed=12345)
-        if val["accuracy"] > best:
-            best = val["accuracy"]
-            torch.save({"model": model.state_dict(), "config": cfg.model_dump(), "epoch": epoch, "val": val}, best_path)
-        rec = {"epoch": epoch, "loss": round(tot_loss / steps_per_epoch, 4),
-               "train_acc": round(correct / (steps_per_epoch * cfg.batch_size), 4),
-               "val_acc": round(val["accuracy"], 4), "seconds": round(time.time() - t0, 1)}
+        val_acc = order_accuracy(model, val, cfg, norm, seed=12345)
+        if val_acc["accuracy"] > best:
+            best = val_acc["accuracy"]
+            torch.save(
+                {"model": model.state_dict(), "config": cfg.model_dump(), "epoch": epoch, "val": val_acc},
+                best_path,
+            )
+        rec = {
+            "epoch": epoch,
+            "loss": round(tot_loss / steps_per_epoch, 4),
+            "train_acc": round(correct / (steps_per_epoch * cfg.batch_size), 4),
+            "val_acc": round(val_acc["accuracy"], 4),
+            "seconds": round(time.time() - t0, 1),
+        }
         with open(out_dir / "history.jsonl", "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        log.info("ordinal teacher: epoch %d/%d loss %.3f train acc %.3f val order acc %.3f (chance %.3f) %.0fs",
-                 epoch + 1, cfg.epochs, rec["loss"], rec["train_acc"], rec["val_acc"], val["chance"], rec["seconds"])
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "gen": gen.get_state(), "epoch": epoch, "best": best}, last_path)
+        log.info(
+            "ordinal teacher: epoch %d/%d loss %.3f train acc %.3f val order acc %.3f (chance %.3f) %.0fs",
+            epoch + 1,
+            cfg.epochs,
+            rec["loss"],
+            rec["train_acc"],
+            rec["val_acc"],
+            val_acc["chance"],
+            rec["seconds"],
+        )
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "gen": gen.get_state(),
+                "epoch": epoch,
+                "best": best,
+            },
+            last_path,
+        )
     return load_ordinal_teacher(best_path)
 
 

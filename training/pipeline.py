@@ -72,7 +72,9 @@ def stage_prepare(cfg: PipelineConfig) -> None:
     if d.limit_per_split:
         records = limit_records(records, d.limit_per_split)
     stats = build_cache(records, d.root, d.cache, spec, workers=d.workers)
-    log.info("prepare: detection rate %.4f (%d/%d)", stats["detection_rate"], stats["detected"], stats["images"])
+    log.info(
+        "prepare: detection rate %.4f (%d/%d)", stats["detection_rate"], stats["detected"], stats["images"]
+    )
 
 
 def test_report(model: AgeClassifier, data: CachedData) -> dict:
@@ -81,8 +83,13 @@ def test_report(model: AgeClassifier, data: CachedData) -> dict:
     return m.model_dump()
 
 
-def run_classifier(cfg: ClassifierConfig, data: CachedData, out: Path, targets: TeacherTargets | None = None,
-                   distill: DistillConfig | None = None) -> dict:
+def run_classifier(
+    cfg: ClassifierConfig,
+    data: CachedData,
+    out: Path,
+    targets: TeacherTargets | None = None,
+    distill: DistillConfig | None = None,
+) -> dict:
     """Train (or resume) one classifier and return its test report (cached in result.json)."""
     result = out / "result.json"
     if result.exists():
@@ -118,26 +125,48 @@ def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
         return json.loads(result.read_text())
     t0 = time.time()
     model = train_ordinal_teacher(cfg.ordinal, data.train, data.val, NORM, out)
-    rep: dict = {"val": order_accuracy(model, data.val, cfg.ordinal, NORM, seed=1),
-                 "test": order_accuracy(model, data.test, cfg.ordinal, NORM, seed=2),
-                 "k": cfg.ordinal.k, "min_gap": cfg.ordinal.min_gap, "parameters": count_parameters(model)}
+    rep: dict = {
+        "val": order_accuracy(model, data.val, cfg.ordinal, NORM, seed=1),
+        "test": order_accuracy(model, data.test, cfg.ordinal, NORM, seed=2),
+        "k": cfg.ordinal.k,
+        "min_gap": cfg.ordinal.min_gap,
+        "parameters": count_parameters(model),
+    }
     with torch.no_grad():
+
         def emb(crops: torch.Tensor) -> np.ndarray:
-            return torch.cat([model.embed_faces((torch.as_tensor(crops[i:i + 512]).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5)
-                              for i in range(0, len(crops), 512)]).numpy()
-        pred = ridge_probe(emb(data.train.crops), data.train.ages.numpy().astype(np.float64), emb(data.test.crops))
+            return torch.cat(
+                [
+                    model.embed_faces(
+                        (torch.as_tensor(crops[i : i + 512]).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+                    )
+                    for i in range(0, len(crops), 512)
+                ]
+            ).numpy()
+
+        pred = ridge_probe(
+            emb(data.train.crops), data.train.ages.numpy().astype(np.float64), emb(data.test.crops)
+        )
     err = np.abs(pred - data.test.ages.numpy())
     rep["linear_probe_test_mae"] = round(float(err.mean()), 4)
     rep["linear_probe_test_cs5"] = round(float((err <= 5).mean()), 4)
     rep["train_seconds"] = round(time.time() - t0, 1)
     _write_json(result, rep)
-    log.info("ordinal teacher: test order accuracy %.3f (chance %.3f); linear probe MAE %.2f",
-             rep["test"]["accuracy"], rep["test"]["chance"], rep["linear_probe_test_mae"])
+    log.info(
+        "ordinal teacher: test order accuracy %.3f (chance %.3f); linear probe MAE %.2f",
+        rep["test"]["accuracy"],
+        rep["test"]["chance"],
+        rep["linear_probe_test_mae"],
+    )
     return rep
 
 
 def teacher_targets(cfg: PipelineConfig, data: CachedData, need_dk: bool, need_ord: bool) -> TeacherTargets:
-    dk = load_classifier(cfg.run_dir / "dk_teacher" / "best.pt").to(memory_format=torch.channels_last) if need_dk else None
+    dk = (
+        load_classifier(cfg.run_dir / "dk_teacher" / "best.pt").to(memory_format=torch.channels_last)
+        if need_dk
+        else None
+    )
     ordinal = load_ordinal_teacher(cfg.run_dir / "ordinal_teacher" / "best.pt") if need_ord else None
     return compute_teacher_targets(data.train.crops, NORM, dk, ordinal)
 
@@ -163,24 +192,44 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
         runs = []
         for seed in ab.seeds:
             scfg = cfg.student.model_copy(update={"epochs": ab.epochs, "seed": seed})
-            dcfg = cfg.distill.model_copy(update={"alpha": cfg.distill.alpha * use_a, "beta": cfg.distill.beta * use_b})
+            dcfg = cfg.distill.model_copy(
+                update={"alpha": cfg.distill.alpha * use_a, "beta": cfg.distill.beta * use_b}
+            )
             rep = run_classifier(scfg, data, cfg.run_dir / "ablation" / f"{arm}_seed{seed}", targets, dcfg)
             runs.append(rep)
             log.info("ablation %s seed %d: test MAE %.3f", arm, seed, rep["mae"])
         maes = np.array([r["mae"] for r in runs])
         cs5s = np.array([r["cs5"] for r in runs])
-        bands = {b["name"]: float(np.mean([[x["mae"] for x in r["bands"] if x["name"] == b["name"]][0] for r in runs]))
-                 for b in runs[0]["bands"]}
-        results[arm] = {"mae_mean": round(float(maes.mean()), 4), "mae_std": round(float(maes.std(ddof=1)) if len(maes) > 1 else 0.0, 4),
-                        "cs5_mean": round(float(cs5s.mean()), 4), "cs5_std": round(float(cs5s.std(ddof=1)) if len(cs5s) > 1 else 0.0, 4),
-                        "band_mae_mean": bands, "seeds": ab.seeds, "epochs": ab.epochs, "runs": [{"mae": r["mae"], "cs5": r["cs5"]} for r in runs]}
+        bands = {
+            b["name"]: float(
+                np.mean([next(x["mae"] for x in r["bands"] if x["name"] == b["name"]) for r in runs])
+            )
+            for b in runs[0]["bands"]
+        }
+        results[arm] = {
+            "mae_mean": round(float(maes.mean()), 4),
+            "mae_std": round(float(maes.std(ddof=1)) if len(maes) > 1 else 0.0, 4),
+            "cs5_mean": round(float(cs5s.mean()), 4),
+            "cs5_std": round(float(cs5s.std(ddof=1)) if len(cs5s) > 1 else 0.0, 4),
+            "band_mae_mean": bands,
+            "seeds": ab.seeds,
+            "epochs": ab.epochs,
+            "runs": [{"mae": r["mae"], "cs5": r["cs5"]} for r in runs],
+        }
     out = {"arms": results, "distill": cfg.distill.model_dump(), "student": cfg.student.model_dump()}
     _write_json(cfg.run_dir / "ablation" / "ablation.json", out)
     return out
 
 
-def export_classifier(cfg: PipelineConfig, model: AgeClassifier, data: CachedData, version: str, description: str,
-                      extra_card: str = "", quantize: bool | None = None) -> Path:
+def export_classifier(
+    cfg: PipelineConfig,
+    model: AgeClassifier,
+    data: CachedData,
+    version: str,
+    description: str,
+    extra_card: str = "",
+    quantize: bool | None = None,
+) -> Path:
     """Export to ONNX, evaluate the ONNX file on test, calibrate on val, and register."""
     from training.export import export_onnx, onnx_logits, onnx_session, parity, quantize_int8, register
 
@@ -200,35 +249,75 @@ def export_classifier(cfg: PipelineConfig, model: AgeClassifier, data: CachedDat
     metrics = compute_metrics(softmax(test_logits), data.test.ages.numpy(), AGES)
     # Interval coverage with the calibrated temperature, as the service computes it.
     from agelens.ages import central_interval
+
     lo, hi = central_interval(softmax(test_logits, temperature), AGES, 0.9)
     true = data.test.ages.numpy()
     metrics.extra["coverage90_calibrated"] = round(float(((true >= lo) & (true <= hi)).mean()), 4)
     metrics.extra["coverage90_uncalibrated"] = metrics.extra.pop("coverage90")
     metrics.extra["onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
     demo = demographic_metrics(softmax(test_logits), data.test.records, AGES)
-    notes: dict[str, str | float | int] = {"description": description, "flops_macs": conv_flops(model, data.spec.crop_size),
-                                           "onnx_bytes": onnx_path.stat().st_size}
+    notes: dict[str, str | float | int] = {
+        "description": description,
+        "flops_macs": conv_flops(model, data.spec.crop_size),
+        "onnx_bytes": onnx_path.stat().st_size,
+    }
     if quantize if quantize is not None else ex.quantize:
         from training.augment import normalise, to_float
+
         int8_path = work / "model.int8.onnx"
         calib = normalise(to_float(data.val.crops[:512]), NORM).numpy()
         quantize_int8(onnx_path, int8_path, calib)
         q_logits = onnx_logits(onnx_session(int8_path), data.test.crops, NORM)
         qm = compute_metrics(softmax(q_logits), data.test.ages.numpy(), AGES)
-        notes.update({"int8_file": "model.int8.onnx", "int8_sha256": sha256_file(int8_path),
-                      "int8_bytes": int8_path.stat().st_size, "int8_test_mae": qm.mae, "int8_test_cs5": qm.cs5})
+        notes.update(
+            {
+                "int8_file": "model.int8.onnx",
+                "int8_sha256": sha256_file(int8_path),
+                "int8_bytes": int8_path.stat().st_size,
+                "int8_test_mae": qm.mae,
+                "int8_test_cs5": qm.cs5,
+            }
+        )
     split_sha = sha256_file(cfg.data.split) if cfg.data.split.exists() else ""
     params = count_parameters(model)
-    card = render_card(ex.name, version, description, metrics, demo, params, notes, temperature, data.spec, extra_card)
-    dest = register(onnx_path, ex.model_store, ex.name, version, data.spec, NORM, metrics, temperature, params,
-                    split_sha, "UTKFace (Aligned & Cropped), committed split training/splits/utkface.csv", notes, card)
+    card = render_card(
+        ex.name, version, description, metrics, demo, params, notes, temperature, data.spec, extra_card
+    )
+    dest = register(
+        onnx_path,
+        ex.model_store,
+        ex.name,
+        version,
+        data.spec,
+        NORM,
+        metrics,
+        temperature,
+        params,
+        split_sha,
+        "UTKFace (Aligned & Cropped), committed split training/splits/utkface.csv",
+        notes,
+        card,
+    )
     if "int8_file" in notes:
         import shutil
+
         shutil.copyfile(work / "model.int8.onnx", dest / "model.int8.onnx")
-    _write_json(dest.parent / version / "metrics_full.json", {"test": metrics.model_dump(),
-                                                             "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()}})
-    log.info("export: %s/%s test MAE %.3f CS@5 %.3f, coverage %.3f (T=%.2f)", ex.name, version, metrics.mae,
-             metrics.cs5, metrics.extra["coverage90_calibrated"], temperature)
+    _write_json(
+        dest.parent / version / "metrics_full.json",
+        {
+            "test": metrics.model_dump(),
+            "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()},
+        },
+    )
+    log.info(
+        "export: %s/%s test MAE %.3f CS@5 %.3f, coverage %.3f (T=%.2f)",
+        ex.name,
+        version,
+        metrics.mae,
+        metrics.cs5,
+        metrics.extra["coverage90_calibrated"],
+        temperature,
+    )
     return dest
 
 
@@ -259,9 +348,14 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     if "export" in stages:
         model = load_classifier(cfg.run_dir / "student" / "best.pt")
         d = cfg.distill
-        export_classifier(cfg, model, data, cfg.export.version,
-                          f"Student distilled from a dark-knowledge teacher (alpha={d.alpha}, T={d.temperature}) "
-                          f"and an ordinal teacher (beta={d.beta}, {d.hint_loss} hint)")
+        export_classifier(
+            cfg,
+            model,
+            data,
+            cfg.export.version,
+            f"Student distilled from a dark-knowledge teacher (alpha={d.alpha}, T={d.temperature}) "
+            f"and an ordinal teacher (beta={d.beta}, {d.hint_loss} hint)",
+        )
     summary["seconds"] = round(time.time() - t0, 1)
     _write_json(cfg.run_dir / "summary.json", summary)
     log.info("pipeline finished in %.1f min", summary["seconds"] / 60)

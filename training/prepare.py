@@ -65,8 +65,12 @@ def build_cache(
     out_dir.mkdir(parents=True, exist_ok=True)
     s = spec.crop_size
     n = len(records)
-    crops = np.lib.format.open_memmap(out_dir / "crops.tmp.npy", mode="w+", dtype=np.uint8, shape=(n, s, s, 3))
-    paths = [str(Path(r.filename) if Path(r.filename).is_absolute() else image_root / r.filename) for r in records]
+    crops = np.lib.format.open_memmap(
+        out_dir / "crops.tmp.npy", mode="w+", dtype=np.uint8, shape=(n, s, s, 3)
+    )
+    paths = [
+        str(Path(r.filename) if Path(r.filename).is_absolute() else image_root / r.filename) for r in records
+    ]
     chunks = [paths[i : i + chunk] for i in range(0, n, chunk)]
     detected = np.zeros(n, dtype=bool)
     n_faces = np.zeros(n, dtype=np.int32)
@@ -75,8 +79,9 @@ def build_cache(
     # "spawn", not fork: the parent may already run torch's OpenMP threads, and a forked child
     # inherits their locks and deadlocks (seen here: the smoke pipeline hung in prepare).
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(spec.model_dump_json(),)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker, initargs=(spec.model_dump_json(),)
+    ) as pool:
         for ci, results in enumerate(pool.map(_process, chunks)):
             for j, (crop, nf, _score) in enumerate(results):
                 i = ci * chunk + j
@@ -87,13 +92,21 @@ def build_cache(
             done += len(results)
             if ci % 20 == 0 or done == n:
                 rate = done / max(time.time() - t0, 1e-6)
-                log.info("prepare: %d/%d images (%.0f img/s, %d detected)", done, n, rate, int(detected[:done].sum()))
+                log.info(
+                    "prepare: %d/%d images (%.0f img/s, %d detected)",
+                    done,
+                    n,
+                    rate,
+                    int(detected[:done].sum()),
+                )
     crops.flush()
     del crops
     # Keep only detected faces in the final cache: training never sees a non-face.
     full = np.load(out_dir / "crops.tmp.npy", mmap_mode="r")
     keep = np.flatnonzero(detected)
-    final = np.lib.format.open_memmap(out_dir / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(keep), s, s, 3))
+    final = np.lib.format.open_memmap(
+        out_dir / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(keep), s, s, 3)
+    )
     for a in range(0, len(keep), 4096):
         final[a : a + 4096] = full[keep[a : a + 4096]]
     final.flush()
@@ -104,8 +117,17 @@ def build_cache(
         w.writerow(["row", "filename", "age", "gender", "race", "split", "faces_found"])
         for row, i in enumerate(keep):
             r = records[i]
-            w.writerow([row, r.filename, r.age, "" if r.gender is None else r.gender,
-                        "" if r.race is None else r.race, r.split, int(n_faces[i])])
+            w.writerow(
+                [
+                    row,
+                    r.filename,
+                    r.age,
+                    "" if r.gender is None else r.gender,
+                    "" if r.race is None else r.race,
+                    r.split,
+                    int(n_faces[i]),
+                ]
+            )
     stats = {
         "images": n,
         "detected": int(detected.sum()),
@@ -129,9 +151,13 @@ def load_cache(cache_dir: Path) -> tuple[np.ndarray, list[Record], AlignmentSpec
     crops = np.load(cache_dir / "crops.npy", mmap_mode="r")
     with open(cache_dir / "index.csv", newline="") as fh:
         recs = [
-            Record(row["filename"], int(row["age"]),
-                   int(row["gender"]) if row["gender"] else None,
-                   int(row["race"]) if row["race"] else None, row["split"])
+            Record(
+                row["filename"],
+                int(row["age"]),
+                int(row["gender"]) if row["gender"] else None,
+                int(row["race"]) if row["race"] else None,
+                row["split"],
+            )
             for row in csv.DictReader(fh)
         ]
     spec = AlignmentSpec.model_validate_json((cache_dir / "alignment.json").read_text())
@@ -140,4 +166,3 @@ def load_cache(cache_dir: Path) -> tuple[np.ndarray, list[Record], AlignmentSpec
 
 def records_summary(records: list[Record]) -> dict[str, int]:
     return {part: sum(r.split == part for r in records) for part in ("train", "val", "test")}
-

@@ -27,12 +27,22 @@ def _observe(request: Request, result: EstimateResponse) -> None:
     m = request.app.state.metrics
     m.faces.observe(len(result.faces))
     t = result.timings
-    for stage, ms in (("decode", t.decode_ms), ("detect", t.detect_ms), ("align", t.align_ms), ("infer", t.infer_ms)):
+    for stage, ms in (
+        ("decode", t.decode_ms),
+        ("detect", t.detect_ms),
+        ("align", t.align_ms),
+        ("infer", t.infer_ms),
+    ):
         m.stage.labels(stage).observe(ms / 1e3)
 
 
-@router.post("/estimate", response_model=EstimateResponse, response_model_exclude_none=True, responses=ERRORS,
-             summary="Estimate the age of every face in one image")
+@router.post(
+    "/estimate",
+    response_model=EstimateResponse,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    summary="Estimate the age of every face in one image",
+)
 async def estimate(
     request: Request,
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")],
@@ -49,8 +59,13 @@ async def estimate(
     return result
 
 
-@router.post("/estimate/batch", response_model=BatchResponse, response_model_exclude_none=True, responses=ERRORS,
-             summary="Estimate ages in several images; per-image errors do not fail the batch")
+@router.post(
+    "/estimate/batch",
+    response_model=BatchResponse,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    summary="Estimate ages in several images; per-image errors do not fail the batch",
+)
 async def estimate_batch(
     request: Request,
     images: Annotated[list[UploadFile], File(description="Several images, in order")],
@@ -71,5 +86,9 @@ async def estimate_batch(
             items.append(BatchItem(index=i, filename=f.filename, result=res))
         else:
             err = image_error(res)
-            items.append(BatchItem(index=i, filename=f.filename, error=ErrorBody(code=err.code, message=err.message)))
-    return BatchResponse(model=estimator.info, items=items, total_ms=round((time.perf_counter() - started) * 1e3, 2))
+            items.append(
+                BatchItem(index=i, filename=f.filename, error=ErrorBody(code=err.code, message=err.message))
+            )
+    return BatchResponse(
+        model=estimator.info, items=items, total_ms=round((time.perf_counter() - started) * 1e3, 2)
+    )
