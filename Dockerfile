@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # agelens service image: CPU, onnxruntime, MediaPipe; no torch, no build tools in the final stage.
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -27,7 +26,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN useradd --create-home --uid 10001 agelens
 COPY --from=build /opt/venv /opt/venv
 COPY model_store /models
-USER agelens
+USER 10001
 WORKDIR /home/agelens
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \

@@ -1,0 +1,70 @@
+"""In-process latency of one request, split by stage, for a one-face 640x480 JPEG.
+
+The face is a UTKFace test-split photo pasted on a 640x480 background (so needs the dataset).
+Stages: decode, detect, align, infer (all from the Estimator's own timings) and serialise
+(pydantic -> JSON bytes, as FastAPI does).
+
+    .venv/bin/python benchmarks/e2e_latency.py > benchmarks/results/e2e_latency.json
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+from service.app import load_estimator  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+DATASET = Path(os.environ.get("AGELENS_UTKFACE", REPO.parent / "shared" / "datasets" / "utkface"))
+
+
+def photo() -> bytes:
+    rows = [r.split(",") for r in (REPO / "training/splits/utkface.csv").read_text().splitlines()[1:]]
+    name = next(r[0] for r in rows if r[4] == "test" and r[1] == "35")
+    face = Image.open(DATASET / name).convert("RGB").resize((180, 180))
+    canvas = Image.new("RGB", (640, 480), (200, 205, 210))
+    canvas.paste(face, (230, 120))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def main(n: int = 200) -> None:
+    settings = Settings()
+    est = load_estimator(settings)
+    data = photo()
+    for _ in range(20):
+        est.estimate(data)
+    rows: dict[str, list[float]] = {k: [] for k in ("decode", "detect", "align", "infer", "serialise", "total")}
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = est.estimate(data, include_distribution=True)
+        t1 = time.perf_counter()
+        r.model_dump_json(exclude_none=True).encode()
+        t2 = time.perf_counter()
+        for k in ("decode", "detect", "align", "infer"):
+            rows[k].append(getattr(r.timings, f"{k}_ms"))
+        rows["serialise"].append((t2 - t1) * 1e3)
+        rows["total"].append((t2 - t0) * 1e3)
+    assert len(r.faces) == 1
+    out = {"image": "640x480 JPEG, one face", "requests": n, "model": f"{r.model.name} {r.model.version}",
+           "detector": settings.detector_model, "ort_threads": settings.ort_threads,
+           "median_ms": {k: round(statistics.median(v), 3) for k, v in rows.items()},
+           "p90_ms": {k: round(float(np.percentile(v, 90)), 3) for k, v in rows.items()}}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
