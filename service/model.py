@@ -75,9 +75,10 @@ class AgeModel:
 
     def prepare(self, threads: int = 1, verify: bool = True) -> None:
         path = self.path
-        if verify and self.variant == "fp32":
+        if verify:
+            expected = self.manifest.sha256 if self.variant == "fp32" else str(self.manifest.notes.get("int8_sha256"))
             digest = sha256_file(path)
-            if digest != self.manifest.sha256:
+            if digest != expected:
                 raise ModelNotFoundError(f"{path}: sha256 {digest} does not match the manifest")
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
