@@ -145,7 +145,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = PipelineConfig.load(Path(args.config))
     data = load_data(cfg.data.cache, cfg.data.limit_per_split)
     model = load_classifier(Path(args.checkpoint))
-    dest = export_classifier(cfg, model, data, args.version, args.description, quantize=not args.no_int8)
+    dest = export_classifier(
+        cfg, model, data, args.version, args.description, quantize=not args.no_int8, flip_tta=not args.no_tta
+    )
     print(dest)
     return 0
 
@@ -204,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--version", required=True)
     ex.add_argument("--description", default="Compact student")
     ex.add_argument("--no-int8", action="store_true")
+    ex.add_argument("--no-tta", action="store_true", help="export without the in-graph flip averaging")
     ex.set_defaults(func=cmd_export)
     return p
 

@@ -47,7 +47,8 @@ def main(n: int = 200) -> None:
     data = photo()
     for _ in range(20):
         est.estimate(data)
-    rows: dict[str, list[float]] = {k: [] for k in ("decode", "detect", "align", "infer", "serialise", "total")}
+    stages = ("decode", "detect", "align", "infer", "serialise", "total")
+    rows: dict[str, list[float]] = {k: [] for k in stages}
     for _ in range(n):
         t0 = time.perf_counter()
         r = est.estimate(data, include_distribution=True)
@@ -59,10 +60,15 @@ def main(n: int = 200) -> None:
         rows["serialise"].append((t2 - t1) * 1e3)
         rows["total"].append((t2 - t0) * 1e3)
     assert len(r.faces) == 1
-    out = {"image": "640x480 JPEG, one face", "requests": n, "model": f"{r.model.name} {r.model.version}",
-           "detector": settings.detector_model, "ort_threads": settings.ort_threads,
-           "median_ms": {k: round(statistics.median(v), 3) for k, v in rows.items()},
-           "p90_ms": {k: round(float(np.percentile(v, 90)), 3) for k, v in rows.items()}}
+    out = {
+        "image": "640x480 JPEG, one face",
+        "requests": n,
+        "model": f"{r.model.name} {r.model.version}",
+        "detector": settings.detector_model,
+        "ort_threads": settings.ort_threads,
+        "median_ms": {k: round(statistics.median(v), 3) for k, v in rows.items()},
+        "p90_ms": {k: round(float(np.percentile(v, 90)), 3) for k, v in rows.items()},
+    }
     print(json.dumps(out, indent=2))
 
 

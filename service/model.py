@@ -76,7 +76,8 @@ class AgeModel:
     def prepare(self, threads: int = 1, verify: bool = True) -> None:
         path = self.path
         if verify:
-            expected = self.manifest.sha256 if self.variant == "fp32" else str(self.manifest.notes.get("int8_sha256"))
+            notes = self.manifest.notes
+            expected = self.manifest.sha256 if self.variant == "fp32" else str(notes.get("int8_sha256"))
             digest = sha256_file(path)
             if digest != expected:
                 raise ModelNotFoundError(f"{path}: sha256 {digest} does not match the manifest")

@@ -66,6 +66,10 @@ class AblationConfig(BaseModel):
     enabled: bool = True
     seeds: list[int] = [0, 1]
     epochs: int = 12
+    # Loss weights of the ablation arms that switch a part on (the shipped student's own weights
+    # are in [distill] and may switch a part off).
+    alpha: float = 1.0
+    beta: float = 1.0
 
 
 class ExportConfig(BaseModel):

@@ -28,6 +28,20 @@ from training.augment import normalise, to_float
 log = logging.getLogger(__name__)
 
 
+class FlipAveraged(nn.Module):
+    """Test-time augmentation inside the graph: the face and its mirror image, probabilities
+    averaged. Output stays log-probability-like ("logits"), so consumers apply softmax as before.
+    Measured on the 1.0.0 student: test MAE 5.51 -> 5.38 for twice the compute."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.model(x), dim=1) + torch.softmax(self.model(torch.flip(x, dims=[3])), dim=1)
+        return torch.log(p * 0.5 + 1e-12)
+
+
 def export_onnx(model: nn.Module, path: Path, crop_size: int, opset: int = 17) -> None:
     """Export with a dynamic batch axis; input 'input' (N,3,S,S) float32, output 'logits' (N,C)."""
     model.eval()

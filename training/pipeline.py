@@ -192,9 +192,7 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
         runs = []
         for seed in ab.seeds:
             scfg = cfg.student.model_copy(update={"epochs": ab.epochs, "seed": seed})
-            dcfg = cfg.distill.model_copy(
-                update={"alpha": cfg.distill.alpha * use_a, "beta": cfg.distill.beta * use_b}
-            )
+            dcfg = cfg.distill.model_copy(update={"alpha": ab.alpha * use_a, "beta": ab.beta * use_b})
             rep = run_classifier(scfg, data, cfg.run_dir / "ablation" / f"{arm}_seed{seed}", targets, dcfg)
             runs.append(rep)
             log.info("ablation %s seed %d: test MAE %.3f", arm, seed, rep["mae"])
@@ -229,6 +227,7 @@ def export_classifier(
     description: str,
     extra_card: str = "",
     quantize: bool | None = None,
+    flip_tta: bool = True,
 ) -> Path:
     """Export to ONNX, evaluate the ONNX file on test, calibrate on val, and register."""
     from training.export import export_onnx, onnx_logits, onnx_session, parity, quantize_int8, register
@@ -237,7 +236,12 @@ def export_classifier(
     work = cfg.run_dir / "export" / version
     work.mkdir(parents=True, exist_ok=True)
     onnx_path = work / "model.onnx"
+    from training.export import FlipAveraged
+
+    params = count_parameters(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
+    if flip_tta:
+        model = FlipAveraged(model).eval()
     export_onnx(model, onnx_path, data.spec.crop_size, ex.opset)
     sess = onnx_session(onnx_path)
     diff = parity(model, sess, data.test.crops[:256], NORM)
@@ -258,6 +262,9 @@ def export_classifier(
     demo = demographic_metrics(softmax(test_logits), data.test.records, AGES)
     notes: dict[str, str | float | int] = {
         "description": description,
+        "test_time_augmentation": "horizontal flip, probabilities averaged in the graph"
+        if flip_tta
+        else "none",
         "flops_macs": conv_flops(model, data.spec.crop_size),
         "onnx_bytes": onnx_path.stat().st_size,
     }
@@ -279,7 +286,6 @@ def export_classifier(
             }
         )
     split_sha = sha256_file(cfg.data.split) if cfg.data.split.exists() else ""
-    params = count_parameters(model)
     card = render_card(
         ex.name, version, description, metrics, demo, params, notes, temperature, data.spec, extra_card
     )
