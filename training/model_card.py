@@ -57,6 +57,9 @@ DEX algorithm and checked by a person, so they are apparent, not verified chrono
 - Parameters: {parameters:,}; compute: {int(notes.get("flops_macs", 0)) / 1e6:.1f} M
   multiply-accumulates per face.
 - ONNX file: {int(notes.get("onnx_bytes", 0)) / 1024:.0f} KiB (fp32, opset 17, dynamic batch).
+- Test-time augmentation: {notes.get("test_time_augmentation", "none")}.
+- Latency: measured by `benchmarks/model_latency.py`, output in
+  `benchmarks/results/model_latency.json` (one thread, batch 1 and 8).
 {int8}- Uncertainty: softmax temperature {temperature:.3f}, fitted on val so the 90 % interval covers
   90 % of val faces. The age itself is the expectation at temperature 1.
 

@@ -327,6 +327,18 @@ def export_classifier(
     return dest
 
 
+def describe_student(cfg: PipelineConfig) -> str:
+    d, s = cfg.distill, cfg.student
+    parts = [f"Compact student ({s.epochs} epochs)"]
+    if d.alpha > 0:
+        parts.append(f"distilled from the dark-knowledge teacher (alpha={d.alpha}, T={d.temperature})")
+    if d.beta > 0:
+        parts.append(f"with the ordinal teacher's {d.hint_loss} hint (beta={d.beta})")
+    else:
+        parts.append("(ordinal hint off: it did not help on val, see training/README.md)")
+    return " ".join(parts)
+
+
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     stages = stages or list(STAGES)
     if cfg.threads:
@@ -353,15 +365,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         summary["ablation"] = stage_ablation(cfg, data, targets)
     if "export" in stages:
         model = load_classifier(cfg.run_dir / "student" / "best.pt")
-        d = cfg.distill
-        export_classifier(
-            cfg,
-            model,
-            data,
-            cfg.export.version,
-            f"Student distilled from a dark-knowledge teacher (alpha={d.alpha}, T={d.temperature}) "
-            f"and an ordinal teacher (beta={d.beta}, {d.hint_loss} hint)",
-        )
+        export_classifier(cfg, model, data, cfg.export.version, describe_student(cfg))
     summary["seconds"] = round(time.time() - t0, 1)
     _write_json(cfg.run_dir / "summary.json", summary)
     log.info("pipeline finished in %.1f min", summary["seconds"] / 60)
