@@ -122,3 +122,36 @@ def test_sampled_sequences_respect_the_gap_and_labels_sort_them() -> None:
         assert np.all(np.diff(np.sort(a)) >= 5)
         ordered = a[list(perms[label])]
         assert np.all(np.diff(ordered) > 0) or np.all(np.diff(ordered) < 0)
+
+
+def _random_data() -> object:
+    from agelens.manifest import AlignmentSpec
+    from training.data import Record
+    from training.dataset import CachedData, Part
+
+    g = torch.Generator().manual_seed(0)
+
+    def part(n: int, name: str) -> Part:
+        ages = torch.randint(0, 90, (n,), generator=g)
+        crops = torch.randint(0, 255, (n, 64, 64, 3), generator=g, dtype=torch.uint8)
+        return Part(crops, ages, [Record(f"{name}{i}.jpg", int(a), split=name) for i, a in enumerate(ages)])
+
+    return CachedData(part(32, "train"), part(16, "val"), part(16, "test"), AlignmentSpec())
+
+
+def test_interrupted_training_resumes_from_its_last_epoch(tmp_path: Path) -> None:
+    import json as _json
+
+    from agelens.manifest import Normalisation
+    from training.classifier import train_classifier
+    from training.config import ClassifierConfig
+
+    data = _random_data()
+    cfg = ClassifierConfig(epochs=1, batch_size=16)
+    train_classifier(cfg, data, Normalisation(), tmp_path)  # type: ignore[arg-type]
+    # "Restart" with the full schedule: epoch 0 is not trained again.
+    train_classifier(cfg.model_copy(update={"epochs": 3}), data, Normalisation(), tmp_path)  # type: ignore[arg-type]
+    epochs = [_json.loads(line)["epoch"] for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["epoch"] == 2 and not (tmp_path / "last.tmp").exists()

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from agelens.ages import expected_age, softmax
 from agelens.manifest import Normalisation
 from training.augment import augment, normalise, to_float
+from training.checkpoint import load_resume_state, save_resume_state
 from training.config import ClassifierConfig, DistillConfig
 from training.dataset import NUM_CLASSES, CachedData
 from training.evaluate import predict_logits
@@ -155,11 +156,7 @@ def train_classifier(
     start_epoch, best = 0, float("inf")
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists():
-        state = torch.load(last_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        gen.set_state(state["gen"])
+        state = load_resume_state(last_path, model, opt, sched, gen)
         if adapter is not None and state.get("adapter"):
             adapter.load_state_dict(state["adapter"])
         start_epoch, best = state["epoch"] + 1, state["best"]
@@ -226,17 +223,15 @@ def train_classifier(
             " *" if improved else "",
             rec["seconds"],
         )
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "sched": sched.state_dict(),
-                "gen": gen.get_state(),
-                "epoch": epoch,
-                "best": best,
-                "adapter": adapter.state_dict() if adapter is not None else None,
-            },
+        save_resume_state(
             last_path,
+            model,
+            opt,
+            sched,
+            gen,
+            epoch,
+            best,
+            adapter=adapter.state_dict() if adapter is not None else None,
         )
     final = build_classifier(cfg)
     final.load_state_dict(torch.load(best_path, weights_only=False)["model"])

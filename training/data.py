@@ -150,15 +150,17 @@ def write_split(records: Iterable[Record], path: Path) -> None:
             )
 
 
+def record_from_row(row: dict[str, str]) -> Record:
+    """A Record from a row of the split file or of a cache index (same column names)."""
+    return Record(
+        row["filename"],
+        int(row["age"]),
+        _optional_int(row, "gender"),
+        _optional_int(row, "race"),
+        row["split"],
+    )
+
+
 def read_split(path: Path) -> list[Record]:
     with open(path, newline="", encoding="utf-8") as fh:
-        return [
-            Record(
-                row["filename"],
-                int(row["age"]),
-                int(row["gender"]) if row["gender"] else None,
-                int(row["race"]) if row["race"] else None,
-                row["split"],
-            )
-            for row in csv.DictReader(fh)
-        ]
+        return [record_from_row(row) for row in csv.DictReader(fh)]

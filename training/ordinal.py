@@ -20,6 +20,7 @@ from torch import Tensor
 
 from agelens.manifest import Normalisation
 from training.augment import augment, normalise, to_float
+from training.checkpoint import load_resume_state, save_resume_state
 from training.config import OrdinalConfig
 from training.dataset import Part
 from training.models import OrdinalTeacher, permutation_classes
@@ -112,11 +113,7 @@ def train_ordinal_teacher(
     start, best = 0, -1.0
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if last_path.exists():
-        st = torch.load(last_path, weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        gen.set_state(st["gen"])
+        st = load_resume_state(last_path, model, opt, sched, gen)
         start, best = st["epoch"] + 1, st["best"]
         log.info("ordinal teacher: resuming at epoch %d", start)
     for epoch in range(start, cfg.epochs):
@@ -163,17 +160,7 @@ def train_ordinal_teacher(
             val_acc["chance"],
             rec["seconds"],
         )
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "sched": sched.state_dict(),
-                "gen": gen.get_state(),
-                "epoch": epoch,
-                "best": best,
-            },
-            last_path,
-        )
+        save_resume_state(last_path, model, opt, sched, gen, epoch, best)
     return load_ordinal_teacher(best_path)
 
 

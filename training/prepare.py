@@ -21,7 +21,7 @@ import numpy as np
 from agelens.faces import FacePipeline
 from agelens.imaging import read_image_file
 from agelens.manifest import AlignmentSpec
-from training.data import Record
+from training.data import Record, record_from_row
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +150,7 @@ def build_cache(
 def load_cache(cache_dir: Path) -> tuple[np.ndarray, list[Record], AlignmentSpec]:
     crops = np.load(cache_dir / "crops.npy", mmap_mode="r")
     with open(cache_dir / "index.csv", newline="") as fh:
-        recs = [
-            Record(
-                row["filename"],
-                int(row["age"]),
-                int(row["gender"]) if row["gender"] else None,
-                int(row["race"]) if row["race"] else None,
-                row["split"],
-            )
-            for row in csv.DictReader(fh)
-        ]
+        recs = [record_from_row(row) for row in csv.DictReader(fh)]
     spec = AlignmentSpec.model_validate_json((cache_dir / "alignment.json").read_text())
     return crops, recs, spec
 
