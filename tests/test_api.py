@@ -232,3 +232,22 @@ def test_max_faces_and_api_key() -> None:
         assert body["faces_detected"] == 3 and body["truncated"] is True
         widths = sorted(f["box"]["width"] for f in body["faces"])
         assert len(widths) == 2 and widths[0] > 150, "the two largest faces are kept"
+
+
+def test_over_capacity_is_503_with_retry_after(app_client) -> None:  # type: ignore[no-untyped-def]
+    state = app_client.app.state
+    state.in_flight = state.settings.max_concurrency  # every slot taken
+    try:
+        resp = post(app_client, no_face_image())
+        assert_error(resp, 503, "overloaded")
+        assert resp.headers["retry-after"] == "1"
+    finally:
+        state.in_flight = 0
+    assert post(app_client, no_face_image()).status_code == 200
+
+
+def test_demo_page_is_served_without_external_assets(app_client) -> None:  # type: ignore[no-untyped-def]
+    resp = app_client.get("/")
+    assert resp.status_code == 200 and "text/html" in resp.headers["content-type"]
+    assert "<canvas" in resp.text or "canvas" in resp.text
+    assert "http://" not in resp.text and "https://" not in resp.text
