@@ -4,8 +4,10 @@
 # container, then down. Uses ../shared/tools/docker-offline.sh where no registry is reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -x ../shared/tools/docker-offline.sh ] && ! docker info >/dev/null 2>&1; then
-  eval "$(../shared/tools/docker-offline.sh)"
+# Always evaluated when present: it is idempotent (reuses a running engine and an existing
+# stand-in image) and it is what sets BASE_IMAGE to the local stand-in.
+if [ -f ../shared/tools/docker-offline.sh ]; then
+  eval "$(bash ../shared/tools/docker-offline.sh)"
 fi
 export BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim}"
 export AGELENS_PORT="${AGELENS_PORT:-18000}"
