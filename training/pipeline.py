@@ -19,6 +19,7 @@ import torch
 
 from agelens.ages import softmax
 from agelens.manifest import AlignmentSpec, Normalisation, sha256_file
+from training.augment import normalise, to_float
 from training.classifier import TeacherTargets, compute_teacher_targets, load_classifier, train_classifier
 from training.config import ClassifierConfig, DistillConfig, PipelineConfig
 from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
@@ -135,14 +136,9 @@ def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
     with torch.no_grad():
 
         def emb(crops: torch.Tensor) -> np.ndarray:
-            return torch.cat(
-                [
-                    model.embed_faces(
-                        (torch.as_tensor(crops[i : i + 512]).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
-                    )
-                    for i in range(0, len(crops), 512)
-                ]
-            ).numpy()
+            # The same normalisation as training and the manifest: never a hand-written copy.
+            batches = [normalise(to_float(crops[i : i + 512]), NORM) for i in range(0, len(crops), 512)]
+            return torch.cat([model.embed_faces(x) for x in batches]).numpy()
 
         pred = ridge_probe(
             emb(data.train.crops), data.train.ages.numpy().astype(np.float64), emb(data.test.crops)
@@ -269,7 +265,6 @@ def export_classifier(
         "onnx_bytes": onnx_path.stat().st_size,
     }
     if quantize if quantize is not None else ex.quantize:
-        from training.augment import normalise, to_float
 
         int8_path = work / "model.int8.onnx"
         calib = normalise(to_float(data.val.crops[:512]), NORM).numpy()
