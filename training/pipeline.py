@@ -265,7 +265,6 @@ def export_classifier(
         "onnx_bytes": onnx_path.stat().st_size,
     }
     if quantize if quantize is not None else ex.quantize:
-
         int8_path = work / "model.int8.onnx"
         calib = normalise(to_float(data.val.crops[:512]), NORM).numpy()
         quantize_int8(onnx_path, int8_path, calib)
