@@ -251,3 +251,39 @@ def test_demo_page_is_served_without_external_assets(app_client) -> None:  # typ
     assert resp.status_code == 200 and "text/html" in resp.headers["content-type"]
     assert "<canvas" in resp.text or "canvas" in resp.text
     assert "http://" not in resp.text and "https://" not in resp.text
+
+
+def animated_gif() -> bytes:
+    frames = [Image.fromarray(gradient(64, 48)), Image.new("RGB", (64, 48), (0, 0, 250))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "size"),
+    [
+        (encode(Image.fromarray(np.full((40, 60), 30000, dtype=np.uint16)), "PNG"), (60, 40)),
+        (animated_gif(), (64, 48)),
+        (encode(gradient(90, 70), "WEBP", quality=80), (90, 70)),
+        (encode(np.zeros((1, 1, 3), np.uint8), "PNG"), (1, 1)),
+    ],
+    ids=["16-bit-png", "animated-gif", "webp", "1x1"],
+)
+def test_odd_but_valid_images_are_200_without_faces(app_client, data: bytes, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    resp = post(app_client, data)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["image_width"], body["image_height"]) == size and body["faces"] == []
+
+
+@needs_dataset
+def test_face_in_webp_and_16_bit_png(app_client) -> None:  # type: ignore[no-untyped-def]
+    path, _ = faces_in_test_split(30, 40, 1)[0]
+    rgb = face_rgb(path)
+    ref = post(app_client, face_bytes(path)).json()["faces"][0]["age"]
+    webp = post(app_client, encode(rgb, "WEBP", quality=95)).json()["faces"]
+    gray16 = (np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    png16 = post(app_client, encode(Image.fromarray(gray16), "PNG")).json()["faces"]
+    assert len(webp) == 1 and abs(webp[0]["age"] - ref) < 4
+    assert len(png16) == 1 and abs(png16[0]["age"] - ref) < 12
