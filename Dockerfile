@@ -22,6 +22,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GLOG_minloglevel=2 \
+    MPLCONFIGDIR=/tmp/matplotlib \
     AGELENS_MODEL_STORE=/models
 RUN useradd --create-home --uid 10001 agelens
 COPY --from=build /opt/venv /opt/venv
