@@ -272,8 +272,11 @@ class FacePipeline:
     def process(self, rgb: NDArray[np.uint8]) -> list[AlignedFace]:
         return [AlignedFace(f, align_face(rgb, f.keypoints, self.spec)) for f in self.detector.detect(rgb)]
 
-    def largest(self, rgb: NDArray[np.uint8]) -> AlignedFace | None:
-        faces = self.detector.detect(rgb)
+    def largest(self, rgb: NDArray[np.uint8], faces: list[DetectedFace] | None = None) -> AlignedFace | None:
+        """The main subject (largest, most confident face), aligned. Pass `faces` when the
+        image was already run through the detector, so detection is not repeated."""
+        if faces is None:
+            faces = self.detector.detect(rgb)
         if not faces:
             return None
         best = max(faces, key=lambda f: f.area * f.score)

@@ -47,6 +47,18 @@ def group_metrics(
     return out
 
 
+def interval_coverage(
+    probs: NDArray[np.floating],
+    true_ages: NDArray[np.floating],
+    ages: NDArray[np.floating],
+    level: float = 0.9,
+) -> float:
+    """Share of faces whose true age lies in the central `level` interval of their distribution."""
+    lo, hi = central_interval(probs, ages, level)
+    true = np.asarray(true_ages, dtype=np.float64)
+    return float(((true >= lo) & (true <= hi)).mean())
+
+
 def band_keys(true: NDArray[np.floating]) -> list[str]:
     keys = []
     for a in true:
@@ -69,8 +81,7 @@ def compute_metrics(
     bands = group_metrics(pred, true, band_keys(true))
     order = [b[0] for b in AGE_BANDS]
     bands.sort(key=lambda b: order.index(b.name))
-    lo, hi = central_interval(probs, ages, 0.9)
-    coverage = float(((true >= lo) & (true <= hi)).mean())
+    coverage = interval_coverage(probs, true, ages, 0.9)
     return Metrics(
         split=split,
         n=len(true),
@@ -113,8 +124,7 @@ def fit_temperature(
     true = np.asarray(true_ages, dtype=np.float64)
     best_t, best_gap = 1.0, np.inf
     for t in temps:
-        lo, hi = central_interval(softmax(logits, float(t)), ages, level)
-        gap = abs(float(((true >= lo) & (true <= hi)).mean()) - level)
+        gap = abs(interval_coverage(softmax(logits, float(t)), true, ages, level) - level)
         if gap < best_gap:
             best_t, best_gap = float(t), gap
     return best_t

@@ -11,7 +11,7 @@ from agelens.ages import softmax
 from agelens.faces import normalise
 from agelens.manifest import MANIFEST_FILENAME, ModelManifest
 from training.dataset import load_data
-from training.evaluate import compute_metrics, demographic_metrics
+from training.evaluate import compute_metrics, demographic_metrics, interval_coverage
 
 
 def evaluate_model_dir(model_dir: Path, cache: Path, split: str = "test", variant: str = "fp32") -> dict:
@@ -33,11 +33,8 @@ def evaluate_model_dir(model_dir: Path, cache: Path, split: str = "test", varian
     )
     ages = np.asarray(manifest.ages, dtype=np.float64)
     m = compute_metrics(softmax(logits), part.ages.numpy(), ages, split)
-    from agelens.ages import central_interval
-
-    lo, hi = central_interval(softmax(logits, manifest.temperature), ages, 0.9)
-    true = part.ages.numpy()
-    m.extra["coverage90_calibrated"] = round(float(((true >= lo) & (true <= hi)).mean()), 4)
+    calibrated = interval_coverage(softmax(logits, manifest.temperature), part.ages.numpy(), ages)
+    m.extra["coverage90_calibrated"] = round(calibrated, 4)
     demo = demographic_metrics(softmax(logits), part.records, ages)
     return {
         "model": f"{manifest.name}/{manifest.version}",

@@ -24,7 +24,13 @@ from training.classifier import TeacherTargets, compute_teacher_targets, load_cl
 from training.config import ClassifierConfig, DistillConfig, PipelineConfig
 from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
 from training.dataset import NUM_CLASSES, CachedData, load_data
-from training.evaluate import compute_metrics, demographic_metrics, fit_temperature, predict_logits
+from training.evaluate import (
+    compute_metrics,
+    demographic_metrics,
+    fit_temperature,
+    interval_coverage,
+    predict_logits,
+)
 from training.model_card import render_card
 from training.models import AgeClassifier, conv_flops, count_parameters
 from training.ordinal import load_ordinal_teacher, order_accuracy, train_ordinal_teacher
@@ -248,11 +254,8 @@ def export_classifier(
     test_logits = onnx_logits(sess, data.test.crops, NORM)
     metrics = compute_metrics(softmax(test_logits), data.test.ages.numpy(), AGES)
     # Interval coverage with the calibrated temperature, as the service computes it.
-    from agelens.ages import central_interval
-
-    lo, hi = central_interval(softmax(test_logits, temperature), AGES, 0.9)
-    true = data.test.ages.numpy()
-    metrics.extra["coverage90_calibrated"] = round(float(((true >= lo) & (true <= hi)).mean()), 4)
+    calibrated = interval_coverage(softmax(test_logits, temperature), data.test.ages.numpy(), AGES)
+    metrics.extra["coverage90_calibrated"] = round(calibrated, 4)
     metrics.extra["coverage90_uncalibrated"] = metrics.extra.pop("coverage90")
     metrics.extra["onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
     demo = demographic_metrics(softmax(test_logits), data.test.records, AGES)

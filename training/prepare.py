@@ -47,7 +47,7 @@ def _process(paths: list[str]) -> list[tuple[np.ndarray | None, int, float]]:
         if not faces:
             out.append((None, 0, 0.0))
             continue
-        aligned = _PIPELINE.largest(rgb)
+        aligned = _PIPELINE.largest(rgb, faces)
         assert aligned is not None
         out.append((aligned.crop, len(faces), aligned.face.score))
     return out
