@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from agelens.ages import expected_age, softmax
 from agelens.manifest import Normalisation
@@ -152,6 +153,10 @@ def train_classifier(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ema: AveragedModel | None = None
+    if cfg.ema_decay > 0:
+        # BN statistics are averaged too (use_buffers), so the EMA model is usable as is.
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     start_epoch, best = 0, float("inf")
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -159,6 +164,8 @@ def train_classifier(
         state = load_resume_state(last_path, model, opt, sched, gen)
         if adapter is not None and state.get("adapter"):
             adapter.load_state_dict(state["adapter"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         log.info("%s: resuming at epoch %d (best val MAE %.3f)", out_dir.name, start_epoch, best)
 
@@ -194,14 +201,18 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             sums["loss"] += float(loss.detach())
             sums["label"] += float(l_label.detach())
-        mae = val_mae(model, data, norm)
+        # With EMA on, the averaged weights are what gets validated, kept and exported.
+        kept: nn.Module = ema.module if ema is not None else model
+        mae = val_mae(kept, data, norm)
         improved = mae < best
         if improved:
             best = mae
             torch.save(
-                {"model": model.state_dict(), "config": cfg.model_dump(), "epoch": epoch, "val_mae": mae},
+                {"model": kept.state_dict(), "config": cfg.model_dump(), "epoch": epoch, "val_mae": mae},
                 best_path,
             )
         rec = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
@@ -232,6 +243,7 @@ def train_classifier(
             epoch,
             best,
             adapter=adapter.state_dict() if adapter is not None else None,
+            ema=ema.state_dict() if ema is not None else None,
         )
     final = build_classifier(cfg)
     final.load_state_dict(torch.load(best_path, weights_only=False)["model"])

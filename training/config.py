@@ -36,6 +36,9 @@ class ClassifierConfig(BaseModel):
     label_sigma: float = 2.0
     l1_weight: float = 0.05
     seed: int = 0
+    # Exponential moving average of the weights (0 = off). The EMA model is the one validated,
+    # checkpointed and exported: it averages out the last epochs' noise at no training cost.
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class OrdinalConfig(BaseModel):
@@ -72,6 +75,16 @@ class AblationConfig(BaseModel):
     beta: float = 1.0
 
 
+class BornAgainConfig(BaseModel):
+    """A second student generation distilled from the ensemble of the dark-knowledge teacher and
+    the first student (both the student's architecture). An ensemble of two same-size models is
+    a stronger dark-knowledge teacher than either, with no larger network to train."""
+
+    enabled: bool = False
+    epochs: int = 60
+    ema_decay: float = 0.998
+
+
 class ExportConfig(BaseModel):
     name: str = "agelens-student"
     version: str = "2.0.0"
@@ -88,6 +101,7 @@ class PipelineConfig(BaseModel):
     ordinal: OrdinalConfig = OrdinalConfig()
     distill: DistillConfig = DistillConfig()
     ablation: AblationConfig = AblationConfig()
+    born_again: BornAgainConfig = BornAgainConfig()
     export: ExportConfig = ExportConfig()
     threads: int = 0  # torch intra-op threads; 0 = all cores
 

@@ -39,7 +39,7 @@ from training.prepare import build_cache
 log = logging.getLogger("agelens.train")
 NORM = Normalisation()
 AGES = np.arange(NUM_CLASSES, dtype=np.float64)
-STAGES = ("prepare", "dk_teacher", "ordinal_teacher", "student", "ablation", "export")
+STAGES = ("prepare", "dk_teacher", "ordinal_teacher", "student", "born_again", "ablation", "export")
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -176,6 +176,37 @@ def teacher_targets(cfg: PipelineConfig, data: CachedData, need_dk: bool, need_o
 def stage_student(cfg: PipelineConfig, data: CachedData, targets: TeacherTargets) -> dict:
     rep = run_classifier(cfg.student, data, cfg.run_dir / "student", targets, cfg.distill)
     log.info("distilled student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
+    return rep
+
+
+def ensemble_teacher_logits(members: list[AgeClassifier], crops: torch.Tensor) -> torch.Tensor:
+    """Offline targets (crop and mirror) of an ensemble: log of the members' mean probability.
+
+    Averaging probabilities rather than logits keeps each member's uncertainty; the log of the
+    mean is a valid set of logits for the temperature-softened KL term.
+    """
+    probs = []
+    for m in members:
+        t = compute_teacher_targets(crops, NORM, m.to(memory_format=torch.channels_last), None)
+        assert t.dk_logits is not None
+        probs.append(t.dk_logits.softmax(-1))
+    return torch.stack(probs).mean(0).clamp_min(1e-12).log()
+
+
+def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
+    """Second student generation, taught by the ensemble of the DK teacher and the first student."""
+    ba = cfg.born_again
+    members = [load_classifier(cfg.run_dir / name / "best.pt") for name in ("dk_teacher", "student")]
+    test_probs = np.mean([softmax(predict_logits(m, data.test.crops, NORM)) for m in members], axis=0)
+    teacher_rep = compute_metrics(test_probs, data.test.ages.numpy(), AGES)
+    log.info("born-again teacher ensemble: test MAE %.3f CS@5 %.3f", teacher_rep.mae, teacher_rep.cs5)
+    targets = TeacherTargets(dk_logits=ensemble_teacher_logits(members, data.train.crops))
+    if cfg.distill.beta > 0:
+        targets.ordinal_embed = teacher_targets(cfg, data, False, True).ordinal_embed
+    scfg = cfg.student.model_copy(update={"epochs": ba.epochs, "ema_decay": ba.ema_decay})
+    rep = run_classifier(scfg, data, cfg.run_dir / "student_gen2", targets, cfg.distill)
+    rep["teacher_ensemble_test"] = {"mae": teacher_rep.mae, "cs5": teacher_rep.cs5}
+    log.info("born-again student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
     return rep
 
 
@@ -326,8 +357,16 @@ def export_classifier(
 
 def describe_student(cfg: PipelineConfig) -> str:
     d, s = cfg.distill, cfg.student
-    parts = [f"Compact student ({s.epochs} epochs)"]
-    if d.alpha > 0:
+    ba = cfg.born_again
+    if ba.enabled:
+        parts = [
+            f"Compact student, second generation ({ba.epochs} epochs, weight EMA {ba.ema_decay})",
+            "distilled from the ensemble of the dark-knowledge teacher and the first-generation",
+            f"student (alpha={d.alpha}, T={d.temperature})",
+        ]
+    else:
+        parts = [f"Compact student ({s.epochs} epochs)"]
+    if d.alpha > 0 and not ba.enabled:
         parts.append(f"distilled from the dark-knowledge teacher (alpha={d.alpha}, T={d.temperature})")
     if d.beta > 0:
         parts.append(f"with the ordinal teacher's {d.hint_loss} hint (beta={d.beta})")
@@ -357,11 +396,14 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     if "student" in stages:
         assert targets is not None
         summary["student"] = stage_student(cfg, data, targets)
+    if "born_again" in stages and cfg.born_again.enabled:
+        summary["born_again"] = stage_born_again(cfg, data)
     if "ablation" in stages and cfg.ablation.enabled:
         assert targets is not None
         summary["ablation"] = stage_ablation(cfg, data, targets)
     if "export" in stages:
-        model = load_classifier(cfg.run_dir / "student" / "best.pt")
+        final = "student_gen2" if cfg.born_again.enabled else "student"
+        model = load_classifier(cfg.run_dir / final / "best.pt")
         export_classifier(cfg, model, data, cfg.export.version, describe_student(cfg))
     summary["seconds"] = round(time.time() - t0, 1)
     _write_json(cfg.run_dir / "summary.json", summary)
