@@ -9,7 +9,6 @@ Stages: decode, detect, align, infer (all from the Estimator's own timings) and 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import statistics
@@ -18,27 +17,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import photo  # noqa: E402
+
 from service.app import load_estimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
-
-DATASET = Path(os.environ.get("AGELENS_UTKFACE", REPO.parent / "shared" / "datasets" / "utkface"))
-
-
-def photo() -> bytes:
-    rows = [r.split(",") for r in (REPO / "training/splits/utkface.csv").read_text().splitlines()[1:]]
-    name = next(r[0] for r in rows if r[4] == "test" and r[1] == "35")
-    face = Image.open(DATASET / name).convert("RGB").resize((180, 180))
-    canvas = Image.new("RGB", (640, 480), (200, 205, 210))
-    canvas.paste(face, (230, 120))
-    buf = io.BytesIO()
-    canvas.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 def main(n: int = 200) -> None:

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     detector_min_score: float = Field(0.5, ge=0.0, le=1.0, description="Detection threshold")
     detector_pad_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Padding before detection")
     interval_level: float = Field(0.9, gt=0.0, lt=1.0, description="Probability of the age interval")
-    max_concurrency: int = Field(4, ge=1, description="Requests processed at once; beyond -> 503")
+    max_concurrency: int = Field(
+        16, ge=1, description="Requests in progress or queued per worker; beyond -> 503"
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins")
     api_key: str | None = Field(None, description="When set, requests need header X-API-Key")
     log_level: str = Field("info")

@@ -118,6 +118,16 @@ def test_wrong_or_missing_field(app_client) -> None:  # type: ignore[no-untyped-
     assert_error(app_client.post("/estimate"), 422, "validation_error")
 
 
+def test_malformed_multipart_is_400(app_client) -> None:  # type: ignore[no-untyped-def]
+    # Found by the schemathesis fuzz test: a body that breaks the multipart framing.
+    r = app_client.post(
+        "/estimate",
+        content=b"--b\r\nnot a part header--b--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert_error(r, 400, "bad_request")
+
+
 def test_oversized_upload_is_413(app_client) -> None:  # type: ignore[no-untyped-def]
     assert_error(post(app_client, b"\xff" * (9 * 1024 * 1024)), 413, "payload_too_large")
 

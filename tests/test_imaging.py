@@ -8,9 +8,15 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from agelens.imaging import ImageDecodeError, ImageTooLargeError, UnsupportedImageError, decode_image
+from agelens.imaging import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    apply_orientation,
+    decode_image,
+)
 from tests.conftest import encode
 
 
@@ -101,6 +107,33 @@ def test_exif_rotation_is_applied() -> None:
     exif[0x0112] = 6  # "rotate 90 CW to display"
     out = decode_image(encode(img, "JPEG", exif=exif.tobytes(), quality=95))
     assert out.shape == (120, 80, 3), "displayed orientation is portrait"
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pillow(orientation: int) -> None:
+    """The OpenCV fast path turns images exactly as Pillow's exif_transpose does (lossless PNG)."""
+    arr = gradient(120, 80)
+    arr[5:15, 10:30] = (255, 0, 0)  # an asymmetric mark, so every flip and turn is distinguishable
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    png = Image.open(io.BytesIO(encode(Image.fromarray(arr), "PNG", exif=exif.tobytes())))
+    expected = np.asarray(ImageOps.exif_transpose(png).convert("RGB"))
+    assert np.array_equal(apply_orientation(arr, orientation), expected)
+    assert np.array_equal(decode_image(encode(Image.fromarray(arr), "PNG", exif=exif.tobytes())), expected)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_jpeg_fast_path_agrees_with_pillow(orientation: int) -> None:
+    """JPEGs are decoded by OpenCV (fast path); the pixels match Pillow's decoder within rounding."""
+    arr = gradient(160, 96)
+    arr[10:30, 20:60] = (250, 20, 20)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(Image.fromarray(arr), "JPEG", exif=exif.tobytes(), quality=95)
+    pil = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")).astype(int)
+    out = decode_image(data)
+    assert out.shape == pil.shape
+    assert np.abs(out.astype(int) - pil).max() <= 3
 
 
 def test_animated_gif_uses_first_frame() -> None:

@@ -14,6 +14,7 @@ from service.estimator import Estimator
 router = APIRouter(tags=["estimate"], dependencies=[Depends(check_api_key)])
 
 ERRORS = {
+    400: {"model": ErrorResponse, "description": "Malformed multipart body"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
     413: {"model": ErrorResponse, "description": "Upload or image too large"},
     415: {"model": ErrorResponse, "description": "Unsupported image format"},

@@ -1,0 +1,91 @@
+"""What the benchmarks share: the test photo and a real server process on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+DATASET = Path(os.environ.get("AGELENS_UTKFACE", REPO.parent / "shared" / "datasets" / "utkface"))
+
+
+def photo() -> bytes:
+    """A one-face 640x480 JPEG: a UTKFace test-split face (age 35) pasted on a plain background."""
+    rows = [r.split(",") for r in (REPO / "training/splits/utkface.csv").read_text().splitlines()[1:]]
+    name = next(r[0] for r in rows if r[4] == "test" and r[1] == "35")
+    face = Image.open(DATASET / name).convert("RGB").resize((180, 180))
+    canvas = Image.new("RGB", (640, 480), (200, 205, 210))
+    canvas.paste(face, (230, 120))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    url: str
+    pid: int
+
+
+@contextmanager
+def server(
+    workers: int = 1, env: dict[str, str] | None = None, log_path: Path | None = None
+) -> Iterator[RunningServer]:
+    """`agelens serve` in a child process, as a user runs it; yields its URL once every worker is
+    ready (several /ready answers in a row, since each request may land on another worker)."""
+    port = free_port()
+    full_env = {**os.environ, "GLOG_minloglevel": "2", **(env or {})}
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agelens.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        cwd=REPO,
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, ok = time.time() + 120, 0
+        while ok < 4 * workers:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"server did not become ready (exit code {proc.poll()})")
+            try:
+                ok = ok + 1 if httpx.get(f"{url}/ready", timeout=2).status_code == 200 else 0
+            except httpx.TransportError:
+                ok = 0
+            time.sleep(0.2)
+        yield RunningServer(url, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log_path:
+            log.close()  # type: ignore[union-attr]
+
+
+def tree_rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory of a process and its children (uvicorn's supervisor and workers), in MiB."""
+    root = psutil.Process(pid)
+    procs = [root, *root.children(recursive=True)]
+    per = {f"{p.pid}": p.memory_info().rss / 2**20 for p in procs}
+    return {"total": round(sum(per.values()), 1), **{k: round(v, 1) for k, v in per.items()}}

@@ -1,0 +1,77 @@
+"""Soak: a fixed request rate for ten minutes against `agelens serve`, sampling the server's memory.
+
+The rate defaults to 80 % of the closed-loop maximum measured by load_test.py for the same number
+of workers (benchmarks/results/load.json). The resident memory of uvicorn's supervisor and
+workers is summed every 5 s; the result gives start (after warm-up), peak and end, the whole
+curve, and every non-200 answer (there should be none).
+
+    .venv/bin/python benchmarks/soak.py > benchmarks/results/soak.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import photo, server, tree_rss_mb
+from load_test import open_loop
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def default_rate(workers: int) -> float:
+    load = json.loads((RESULTS / "load.json").read_text())
+    run = next(r for r in load["runs"] if r["workers"] == workers)
+    return round(0.8 * run["closed_loop"]["throughput_rps"], 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rate", type=float, help="req/s (default: 80 %% of load.json's maximum)")
+    ap.add_argument("--seconds", type=float, default=600.0)
+    ap.add_argument("--every", type=float, default=5.0, help="seconds between memory samples")
+    args = ap.parse_args()
+    rate = args.rate or default_rate(args.workers)
+    curve: list[dict[str, float]] = []
+    with server(args.workers) as srv:
+
+        def sample(elapsed: float) -> None:
+            if not curve or elapsed - curve[-1]["t"] >= args.every:
+                curve.append({"t": round(elapsed, 1), "rss_mb": tree_rss_mb(srv.pid)["total"]})
+
+        result = asyncio.run(open_loop(srv.url, photo(), rate, args.seconds, sampler=sample))
+        curve.append({"t": round(args.seconds, 1), "rss_mb": tree_rss_mb(srv.pid)["total"]})
+        processes = tree_rss_mb(srv.pid)
+    rss = [c["rss_mb"] for c in curve]
+    minute = max(1, int(60 / args.every))
+    out = {
+        "what": "POST /estimate, one-face 640x480 JPEG, fixed-rate schedule, server on loopback",
+        "workers": args.workers,
+        "offered_rps": rate,
+        "seconds": args.seconds,
+        "load": result,
+        "rss_mb": {
+            "start": rss[0],
+            "peak": max(rss),
+            "end": rss[-1],
+            "first_minute_mean": round(sum(rss[:minute]) / len(rss[:minute]), 1),
+            "last_minute_mean": round(sum(rss[-minute:]) / len(rss[-minute:]), 1),
+            "per_process_at_end": processes,
+        },
+        "curve": curve,
+    }
+    print(
+        f"soak {rate} req/s x {args.seconds:.0f} s: {result['ok']} ok, {result['errors']} errors, "
+        f"p99 {result['p99_ms']} ms; RSS start {rss[0]} peak {max(rss)} end {rss[-1]} MiB",
+        file=sys.stderr,
+    )
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
