@@ -3,26 +3,35 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# binutils only for `strip` below; the build stage is thrown away, so its apt lists are too.
+# hadolint ignore=DL3008,DL3009
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends binutils
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY docker/requirements-service.txt /tmp/requirements.txt
-# mediapipe is installed without its declared dependencies: it pulls jax, jaxlib, sentencepiece
-# and sounddevice for tasks the face detector never runs; the ones its import really needs are
-# listed in requirements-service.txt (see docker/README.md for the measured saving).
+# mediapipe is installed without its declared dependencies: it pulls jax, jaxlib, sentencepiece,
+# sounddevice, matplotlib and the contrib build of OpenCV for things the face detector never
+# runs; what its import really needs is in requirements-service.txt (docker/README.md has the
+# measured saving of each step).
 RUN python -m pip install -r /tmp/requirements.txt \
  && python -m pip install --no-deps mediapipe==0.10.21
 COPY pyproject.toml README.md ./
 COPY agelens ./agelens
 COPY service ./service
-RUN python -m pip install --no-deps .
+COPY docker/slim_venv.py /tmp/slim_venv.py
+# Then: debug symbols stripped from the native libraries (some wheels ship them), and pip and
+# setuptools out of the runtime venv, since nothing installs packages in the final image.
+RUN python -m pip install --no-deps . \
+ && python /tmp/slim_venv.py /opt/venv \
+ && find /opt/venv -name "*.so*" -type f -exec strip --strip-unneeded {} + \
+ && python -m pip uninstall -y -q pip setuptools
 
 FROM ${BASE_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GLOG_minloglevel=2 \
-    MPLCONFIGDIR=/tmp/matplotlib \
     AGELENS_MODEL_STORE=/models
 RUN useradd --create-home --uid 10001 agelens
 COPY --from=build /opt/venv /opt/venv

@@ -10,8 +10,11 @@ mouth centre) to the manifest's canonical template.
 
 from __future__ import annotations
 
+import sys
 import threading
+import types
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -28,6 +31,40 @@ KEYPOINT_INDEX = {
     "right_ear_tragion": 4,
     "left_ear_tragion": 5,
 }
+
+
+def import_mediapipe() -> Any:
+    """`import mediapipe`, also where matplotlib is not installed (the service image).
+
+    mediapipe's package __init__ imports its drawing helpers, which import matplotlib.pyplot,
+    although face detection never draws. matplotlib and what it pulls in (fontTools, kiwisolver,
+    contourpy, ...) are ~80 MB of the image, so the service image leaves them out and this
+    function lends mediapipe an empty stand-in for the duration of the import. Where matplotlib
+    is installed (training, dev) nothing is faked.
+    """
+    if "mediapipe" in sys.modules:
+        return sys.modules["mediapipe"]
+    try:
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError:
+        missing = object()
+        saved = {name: sys.modules.get(name, missing) for name in ("matplotlib", "matplotlib.pyplot")}
+        stub, pyplot = types.ModuleType("matplotlib"), types.ModuleType("matplotlib.pyplot")
+        stub.pyplot = pyplot  # type: ignore[attr-defined]
+        sys.modules.update({"matplotlib": stub, "matplotlib.pyplot": pyplot})
+        try:
+            import mediapipe
+        finally:
+            # Put back what was there, so `import matplotlib` elsewhere still fails honestly.
+            for name, module in saved.items():
+                if module is missing:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module  # type: ignore[assignment]
+        return mediapipe
+    import mediapipe
+
+    return mediapipe
 
 
 @dataclass(frozen=True)
@@ -77,7 +114,7 @@ class FaceDetector:
     """BlazeFace wrapper. MediaPipe graphs are not thread-safe: each model is guarded by a lock."""
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
-        import mediapipe as mp  # deferred: importing mediapipe costs ~1 s
+        mp = import_mediapipe()  # deferred: importing mediapipe costs ~1 s
 
         self.config = config or DetectorConfig()
         self._mp = mp

@@ -89,3 +89,33 @@ def test_tight_utkface_crops_are_detected() -> None:
     faces = faces_in_test_split(0, 100, 40)
     found = sum(pipe.largest(face_rgb(p)) is not None for p, _ in faces)
     assert found == len(faces)
+
+
+def test_detector_works_without_matplotlib() -> None:
+    """The service image leaves matplotlib out; mediapipe must still import and detect."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, dataset_available, faces_in_test_split
+
+    face = str(faces_in_test_split(30, 40, 1)[0][0]) if dataset_available() else ""
+    script = f"""
+import sys
+sys.modules["matplotlib"] = None  # what an environment without matplotlib looks like
+import numpy as np
+from PIL import Image
+from agelens.faces import FaceDetector
+d = FaceDetector()
+assert d.detect(np.full((200, 200, 3), 128, np.uint8)) == []
+if {face!r}:
+    assert len(d.detect(np.asarray(Image.open({face!r}).convert("RGB")))) == 1
+try:
+    import matplotlib
+    raise SystemExit("matplotlib import should still fail")
+except ImportError:
+    print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,0 +1,61 @@
+"""Remove from the service's virtualenv what the service never loads; print what each step saves.
+
+Runs in the Dockerfile's build stage, after every package is installed. Each entry is something
+the running service provably does not touch: the container smoke test in CI (`.ci/docker-smoke.sh`)
+imports everything and answers a real photo with the slimmed image. See docker/README.md.
+
+    python docker/slim_venv.py /opt/venv
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+
+def size_mb(path: Path) -> float:
+    if path.is_file():
+        return path.stat().st_size / 2**20
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def main(venv: Path) -> None:
+    site = next(venv.glob("lib/python3*/site-packages"))
+    groups: dict[str, list[Path]] = {
+        # MediaPipe ships the models of every solution; the service runs face detection only.
+        # Only the .tflite weights go: `import mediapipe` imports the other solutions' Python code.
+        "mediapipe models other than face_detection": [
+            p
+            for p in (site / "mediapipe" / "modules").rglob("*.tflite")
+            if "face_detection" not in p.relative_to(site / "mediapipe" / "modules").parts
+        ],
+        # OpenCV's Haar cascades (we detect with BlazeFace).
+        "cv2/data": [site / "cv2" / "data"],
+        # onnxruntime's offline tooling: quantisation, transformer optimisers, converters.
+        "onnxruntime tooling": [
+            site / "onnxruntime" / name for name in ("transformers", "quantization", "tools", "datasets")
+        ],
+        # onnxruntime's C-API library: the Python binding links onnxruntime statically (its
+        # NEEDED entries, `readelf -d`, name only libc, libstdc++ and friends) and never loads it.
+        "onnxruntime C-API library": list((site / "onnxruntime" / "capi").glob("libonnxruntime.so*")),
+        # Packages' own test suites.
+        "tests folders": [p for p in site.rglob("tests") if p.is_dir()],
+    }
+    total = 0.0
+    for label, paths in groups.items():
+        mb = 0.0
+        for p in paths:
+            if p.exists():
+                mb += size_mb(p)
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        total += mb
+        print(f"slim: {label}: {mb:.1f} MB", file=sys.stderr)
+    print(f"slim: removed {total:.1f} MB from {site}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
