@@ -146,7 +146,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     data = load_data(cfg.data.cache, cfg.data.limit_per_split)
     model = load_classifier(Path(args.checkpoint))
     dest = export_classifier(
-        cfg, model, data, args.version, args.description, quantize=not args.no_int8, flip_tta=not args.no_tta
+        cfg,
+        model,
+        data,
+        args.version,
+        args.description,
+        quantize=not args.no_int8,
+        flip_tta=False if args.no_tta else None,
     )
     print(dest)
     return 0

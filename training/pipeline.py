@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from agelens.ages import softmax
+from agelens.ages import expected_age, softmax
 from agelens.manifest import AlignmentSpec, Normalisation, sha256_file
 from training.augment import normalise, to_float
 from training.classifier import TeacherTargets, compute_teacher_targets, load_classifier, train_classifier
@@ -260,7 +261,7 @@ def export_classifier(
     description: str,
     extra_card: str = "",
     quantize: bool | None = None,
-    flip_tta: bool = True,
+    flip_tta: bool | None = None,
 ) -> Path:
     """Export to ONNX, evaluate the ONNX file on test, calibrate on val, and register."""
     from training.export import export_onnx, onnx_logits, onnx_session, parity, quantize_int8, register
@@ -268,18 +269,25 @@ def export_classifier(
     ex = cfg.export
     work = cfg.run_dir / "export" / version
     work.mkdir(parents=True, exist_ok=True)
-    onnx_path = work / "model.onnx"
-    from training.export import FlipAveraged
+    fp32_path, onnx_path = work / "model.fp32.onnx", work / "model.onnx"
+    from training.export import FlipAveraged, store_weights_fp16
 
     params = count_parameters(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
+    flip_tta = ex.flip_tta if flip_tta is None else flip_tta
     if flip_tta:
         model = FlipAveraged(model).eval()
-    export_onnx(model, onnx_path, data.spec.crop_size, ex.opset)
-    sess = onnx_session(onnx_path)
-    diff = parity(model, sess, data.test.crops[:256], NORM)
+    export_onnx(model, fp32_path, data.spec.crop_size, ex.opset)
+    diff = parity(model, onnx_session(fp32_path), data.test.crops[:256], NORM)
     if diff > 1e-4:
         raise RuntimeError(f"ONNX parity failed: max abs prob diff {diff:.2e} > 1e-4")
+    if ex.fp16_weights:
+        store_weights_fp16(fp32_path, onnx_path)
+    else:
+        shutil.copyfile(fp32_path, onnx_path)
+    # Everything below is measured on the file that ships.
+    sess = onnx_session(onnx_path)
+    diff_shipped = parity(model, sess, data.test.crops[:256], NORM)
     val_logits = onnx_logits(sess, data.val.crops, NORM)
     temperature = fit_temperature(val_logits, data.val.ages.numpy(), AGES)
     test_logits = onnx_logits(sess, data.test.crops, NORM)
@@ -288,7 +296,10 @@ def export_classifier(
     calibrated = interval_coverage(softmax(test_logits, temperature), data.test.ages.numpy(), AGES)
     metrics.extra["coverage90_calibrated"] = round(calibrated, 4)
     metrics.extra["coverage90_uncalibrated"] = metrics.extra.pop("coverage90")
-    metrics.extra["onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
+    metrics.extra["onnx_parity_max_abs_prob_diff"] = float(f"{diff_shipped:.3g}")
+    metrics.extra["val_mae"] = round(
+        float(np.abs(expected_age(softmax(val_logits), AGES) - data.val.ages.numpy()).mean()), 4
+    )
     demo = demographic_metrics(softmax(test_logits), data.test.records, AGES)
     notes: dict[str, str | float | int] = {
         "description": description,
@@ -297,11 +308,20 @@ def export_classifier(
         else "none",
         "flops_macs": conv_flops(model, data.spec.crop_size),
         "onnx_bytes": onnx_path.stat().st_size,
+        "weights_storage": "float16, cast to float32 when the session loads (fp32 compute)"
+        if ex.fp16_weights
+        else "float32",
     }
+    if ex.fp16_weights:
+        fp32_logits = onnx_logits(onnx_session(fp32_path), data.test.crops, NORM)
+        fp32_mae = compute_metrics(softmax(fp32_logits), data.test.ages.numpy(), AGES).mae
+        notes["fp32_weights_test_mae"] = fp32_mae
+        notes["fp32_weights_onnx_bytes"] = fp32_path.stat().st_size
+        notes["fp32_onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
     if quantize if quantize is not None else ex.quantize:
         int8_path = work / "model.int8.onnx"
         calib = normalise(to_float(data.val.crops[:512]), NORM).numpy()
-        quantize_int8(onnx_path, int8_path, calib)
+        quantize_int8(fp32_path, int8_path, calib)
         q_logits = onnx_logits(onnx_session(int8_path), data.test.crops, NORM)
         qm = compute_metrics(softmax(q_logits), data.test.ages.numpy(), AGES)
         notes.update(
@@ -333,8 +353,6 @@ def export_classifier(
         card,
     )
     if "int8_file" in notes:
-        import shutil
-
         shutil.copyfile(work / "model.int8.onnx", dest / "model.int8.onnx")
     _write_json(
         dest.parent / version / "metrics_full.json",
