@@ -167,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the HTTP service (settings from AGELENS_* env vars)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("AGELENS_WORKERS", "1")),
+        help="uvicorn worker processes (env AGELENS_WORKERS; one per core is fastest, see README)",
+    )
     s.add_argument("--model-version", help="pin a version instead of the newest")
     s.set_defaults(func=cmd_serve)
 

@@ -10,6 +10,7 @@ mouth centre) to the manifest's canonical template.
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import types
@@ -211,6 +212,44 @@ class FaceDetector:
         self._models.clear()
 
 
+class DetectorPool:
+    """Several FaceDetectors behind one `detect`, so requests in different threads detect at once.
+
+    A MediaPipe graph handles one image at a time, but it releases the GIL while it runs, so
+    with N graphs N threads of one process use N cores. One process with a pool avoids what
+    several uvicorn workers suffer from: keep-alive connections stick to one worker, and the
+    other idles (measured in benchmarks/results/load.json).
+    """
+
+    def __init__(self, config: DetectorConfig | None = None, size: int = 1) -> None:
+        self.config = config or DetectorConfig()
+        self._idle: queue.SimpleQueue[FaceDetector] = queue.SimpleQueue()
+        self._all = [FaceDetector(self.config) for _ in range(max(1, size))]
+        for d in self._all:
+            self._idle.put(d)
+
+    @property
+    def size(self) -> int:
+        return len(self._all)
+
+    def detect(self, rgb: NDArray[np.uint8]) -> list[DetectedFace]:
+        detector = self._idle.get()  # blocks while every graph is busy: bounded by the pool size
+        try:
+            return detector.detect(rgb)
+        finally:
+            self._idle.put(detector)
+
+    def warm_up(self) -> None:
+        """Run every graph of every detector once, so no user request pays for their start."""
+        blank = np.full((256, 256, 3), 128, dtype=np.uint8)
+        for d in self._all:
+            d.detect(blank)
+
+    def close(self) -> None:
+        for d in self._all:
+            d.close()
+
+
 def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
     ax1, ay1, bx1, by1 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
     iw = max(0.0, min(ax1, bx1) - max(a[0], b[0]))
@@ -302,7 +341,7 @@ def normalise(crops: NDArray[np.uint8], norm: Normalisation) -> NDArray[np.float
 class FacePipeline:
     """Detect every face and align each to the manifest's template."""
 
-    def __init__(self, spec: AlignmentSpec, detector: FaceDetector | None = None) -> None:
+    def __init__(self, spec: AlignmentSpec, detector: FaceDetector | DetectorPool | None = None) -> None:
         self.spec = spec
         self.detector = detector or FaceDetector()
 

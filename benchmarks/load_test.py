@@ -131,31 +131,44 @@ async def open_loop(url: str, data: bytes, rate: float, seconds: float, sampler=
                 del done
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    out = rec.summary(seconds)
+    # Throughput over the time until the last answer: past capacity, answers arrive late.
+    out = rec.summary(elapsed)
     out.update(mode="open", offered_rps=rate, seconds=round(elapsed, 1))
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=["1x2", "2x1"],
+        help="WORKERSxDETECTORS: uvicorn workers x MediaPipe graphs per worker (AGELENS_DETECTOR_INSTANCES)",
+    )
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--rates", type=float, nargs="+", default=[40.0, 100.0], help="open-loop req/s")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--detector", default="auto", choices=["auto", "short", "full"])
     args = ap.parse_args()
     data = photo()
-    env = {"AGELENS_DETECTOR_MODEL": args.detector}
     runs = []
-    for workers in args.workers:
+    for config in args.configs:
+        workers, detectors = (int(v) for v in config.split("x"))
+        env = {"AGELENS_DETECTOR_MODEL": args.detector, "AGELENS_DETECTOR_INSTANCES": str(detectors)}
         with server(workers, env) as srv:
             closed = asyncio.run(closed_loop(srv.url, data, args.concurrency, args.seconds))
-            opened = asyncio.run(open_loop(srv.url, data, args.rate, args.seconds))
-        runs.append({"workers": workers, "closed_loop": closed, "open_loop": opened})
+            opened = [asyncio.run(open_loop(srv.url, data, rate, args.seconds)) for rate in args.rates]
+        runs.append(
+            {"workers": workers, "detector_instances": detectors, "closed_loop": closed, "open_loop": opened}
+        )
         print(
-            f"workers={workers}: closed {closed['throughput_rps']} req/s p99 {closed['p99_ms']} ms; "
-            f"open {args.rate:.0f} req/s p50 {opened['p50_ms']} p99 {opened['p99_ms']} ms, "
-            f"{opened['errors']} errors",
+            f"workers={workers} detectors={detectors}: "
+            f"closed {closed['throughput_rps']} req/s p99 {closed['p99_ms']} ms; "
+            + "; ".join(
+                f"open {o['offered_rps']:.0f} req/s: p50 {o['p50_ms']} p99 {o['p99_ms']} ms, "
+                f"{o['errors']} errors"
+                for o in opened
+            ),
             file=sys.stderr,
         )
     print(

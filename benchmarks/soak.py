@@ -1,8 +1,9 @@
 """Soak: a fixed request rate for ten minutes against `agelens serve`, sampling the server's memory.
 
-The rate defaults to 80 % of the closed-loop maximum measured by load_test.py for the same number
-of workers (benchmarks/results/load.json). The resident memory of uvicorn's supervisor and
-workers is summed every 5 s; the result gives start (after warm-up), peak and end, the whole
+The rate defaults to 80 % of the closed-loop maximum that load_test.py measured for the same
+number of workers (benchmarks/results/load.json); by default 2 workers with one detector each, the
+fastest configuration on 2 cores. The resident memory of the server process and its
+children is summed every 5 s; the result gives start (after warm-up), peak and end, the whole
 curve, and every non-200 answer (there should be none).
 
     .venv/bin/python benchmarks/soak.py > benchmarks/results/soak.json
@@ -23,22 +24,25 @@ from load_test import open_loop
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def default_rate(workers: int) -> float:
+def default_rate(workers: int, detectors: int) -> float:
     load = json.loads((RESULTS / "load.json").read_text())
-    run = next(r for r in load["runs"] if r["workers"] == workers)
+    run = next(
+        r for r in load["runs"] if r["workers"] == workers and r.get("detector_instances") == detectors
+    )
     return round(0.8 * run["closed_loop"]["throughput_rps"], 1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--detectors", type=int, default=1, help="AGELENS_DETECTOR_INSTANCES per worker")
     ap.add_argument("--rate", type=float, help="req/s (default: 80 %% of load.json's maximum)")
     ap.add_argument("--seconds", type=float, default=600.0)
     ap.add_argument("--every", type=float, default=5.0, help="seconds between memory samples")
     args = ap.parse_args()
-    rate = args.rate or default_rate(args.workers)
+    rate = args.rate or default_rate(args.workers, args.detectors)
     curve: list[dict[str, float]] = []
-    with server(args.workers) as srv:
+    with server(args.workers, {"AGELENS_DETECTOR_INSTANCES": str(args.detectors)}) as srv:
 
         def sample(elapsed: float) -> None:
             if not curve or elapsed - curve[-1]["t"] >= args.every:
@@ -52,6 +56,7 @@ def main() -> None:
     out = {
         "what": "POST /estimate, one-face 640x480 JPEG, fixed-rate schedule, server on loopback",
         "workers": args.workers,
+        "detector_instances": args.detectors,
         "offered_rps": rate,
         "seconds": args.seconds,
         "load": result,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.faces import AlignedFace, DetectorConfig, FaceDetector, FacePipeline, align_face
+from agelens.faces import AlignedFace, DetectorConfig, DetectorPool, FacePipeline, align_face
 from agelens.imaging import decode_image
 from agelens.schemas import AgeDistribution, AgeInterval, Box, EstimateResponse, Face, ModelInfo, Timings
 from service.model import AgeModel
@@ -31,25 +31,27 @@ class Estimator:
     def __init__(self, model: AgeModel, settings: Settings) -> None:
         self.model = model
         self.settings = settings
-        detector = FaceDetector(
+        self.detector = DetectorPool(
             DetectorConfig(
                 min_score=settings.detector_min_score,
                 pad_fraction=settings.detector_pad_fraction,
                 model=settings.detector_model,
-            )
+            ),
+            size=settings.detector_instances,
         )
-        self.pipeline = FacePipeline(model.manifest.alignment, detector)
+        self.pipeline = FacePipeline(model.manifest.alignment, self.detector)
         self.info = ModelInfo(name=model.manifest.name, version=model.manifest.version)
 
     def warm_up(self) -> None:
-        # Runs both BlazeFace graphs once so the first user request does not pay for it.
+        # Runs every BlazeFace graph once so no user request pays for its start.
+        self.detector.warm_up()
         self.pipeline.process(np.full((256, 256, 3), 128, dtype=np.uint8))
 
     def _prepare(self, data: bytes) -> _Prepared:
         t0 = time.perf_counter()
         rgb = decode_image(data, max_pixels=self.settings.max_pixels)
         t1 = time.perf_counter()
-        detections = self.pipeline.detector.detect(rgb)
+        detections = self.detector.detect(rgb)
         t2 = time.perf_counter()
         detected = len(detections)
         if detected > self.settings.max_faces:

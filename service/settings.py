@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     detector_model: str = Field("auto", pattern="^(auto|short|full)$", description="BlazeFace model(s)")
     detector_min_score: float = Field(0.5, ge=0.0, le=1.0, description="Detection threshold")
     detector_pad_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Padding before detection")
+    detector_instances: int = Field(
+        1, ge=1, le=64, description="MediaPipe graphs per worker, so its requests detect in parallel"
+    )
     interval_level: float = Field(0.9, gt=0.0, lt=1.0, description="Probability of the age interval")
     max_concurrency: int = Field(
         16, ge=1, description="Requests in progress or queued per worker; beyond -> 503"

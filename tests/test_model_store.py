@@ -31,6 +31,14 @@ def test_every_version_matches_its_manifest() -> None:
         assert (d / "MODEL_CARD.md").read_text().count("non-commercial") >= 1
 
 
+def test_served_model_meets_the_size_and_parameter_budget() -> None:
+    """The newest version (what the service serves by default) fits the phone budget."""
+    d = resolve_model_dir(STORE, NAME, "latest")
+    m = ModelManifest.load(d / "manifest.json")
+    assert (d / m.file).stat().st_size <= 1_000_000
+    assert m.parameters is not None and m.parameters <= 500_000
+
+
 def test_latest_and_pinned_versions(tmp_path: Path) -> None:
     versions = available_versions(STORE, NAME)
     assert resolve_model_dir(STORE, NAME, "latest").name == versions[-1]

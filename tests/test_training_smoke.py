@@ -102,6 +102,26 @@ def test_onnx_export_parity_and_dynamic_batch(tmp_path: Path) -> None:
         assert np.abs(ref - got).max() <= 1e-4
 
 
+def test_fp16_weight_storage_halves_the_file_and_keeps_the_outputs(tmp_path: Path) -> None:
+    from training.export import store_weights_fp16
+
+    torch.manual_seed(0)
+    model = AgeClassifier().eval()
+    fp32, fp16 = tmp_path / "fp32.onnx", tmp_path / "fp16.onnx"
+    export_onnx(model, fp32, 64)
+    assert store_weights_fp16(fp32, fp16) > 10
+    assert fp16.stat().st_size < 0.55 * fp32.stat().st_size
+    x = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    outs = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        for p in (fp32, fp16)
+    ]
+    # Still float32 in and out, and the same answer up to fp16 rounding of the weights.
+    assert outs[1].dtype == np.float32
+    p32, p16 = (torch.softmax(torch.from_numpy(o), 1).numpy() for o in outs)
+    assert np.abs(p32 - p16).max() < 2e-3
+
+
 def test_permutation_classes_merge_reverses() -> None:
     classes = permutation_classes(4)
     assert len(classes) == 12

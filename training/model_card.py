@@ -56,7 +56,8 @@ DEX algorithm and checked by a person, so they are apparent, not verified chrono
   BlazeFace keypoints (eyes, nose, mouth) to the template in `manifest.json`, normalised as it says.
 - Parameters: {parameters:,}; compute: {int(notes.get("flops_macs", 0)) / 1e6:.1f} M
   multiply-accumulates per face.
-- ONNX file: {int(notes.get("onnx_bytes", 0)) / 1024:.0f} KiB (fp32, opset 17, dynamic batch).
+- ONNX file: {int(notes.get("onnx_bytes", 0)) / 1024:.0f} KiB (opset 17, dynamic batch); weights stored as
+  {notes.get("weights_storage", "float32")}.
 - Test-time augmentation: {notes.get("test_time_augmentation", "none")}.
 - Latency: measured by `benchmarks/model_latency.py`, output in
   `benchmarks/results/model_latency.json` (one thread, batch 1 and 8).

@@ -207,6 +207,7 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     scfg = cfg.student.model_copy(update={"epochs": ba.epochs, "ema_decay": ba.ema_decay})
     rep = run_classifier(scfg, data, cfg.run_dir / "student_gen2", targets, cfg.distill)
     rep["teacher_ensemble_test"] = {"mae": teacher_rep.mae, "cs5": teacher_rep.cs5}
+    _write_json(cfg.run_dir / "student_gen2" / "result.json", rep)
     log.info("born-again student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
     return rep
 
