@@ -216,9 +216,10 @@ class DetectorPool:
     """Several FaceDetectors behind one `detect`, so requests in different threads detect at once.
 
     A MediaPipe graph handles one image at a time, but it releases the GIL while it runs, so
-    with N graphs N threads of one process use N cores. One process with a pool avoids what
-    several uvicorn workers suffer from: keep-alive connections stick to one worker, and the
-    other idles (measured in benchmarks/results/load.json).
+    with N graphs the threads of one process can detect on N cores at once. Measured on 2 cores
+    (benchmarks/results/load.json): one worker with 2 graphs has the lowest latency at moderate
+    load, since keep-alive connections cannot pile up on one busy worker; two workers with one
+    graph each reach the highest throughput, since the Python around detection runs in parallel.
     """
 
     def __init__(self, config: DetectorConfig | None = None, size: int = 1) -> None:
@@ -227,10 +228,6 @@ class DetectorPool:
         self._all = [FaceDetector(self.config) for _ in range(max(1, size))]
         for d in self._all:
             self._idle.put(d)
-
-    @property
-    def size(self) -> int:
-        return len(self._all)
 
     def detect(self, rgb: NDArray[np.uint8]) -> list[DetectedFace]:
         detector = self._idle.get()  # blocks while every graph is busy: bounded by the pool size

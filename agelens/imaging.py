@@ -81,11 +81,12 @@ def apply_orientation(arr: NDArray[np.uint8], orientation: int) -> NDArray[np.ui
 def _jpeg_fast_path(data: bytes, img: Image.Image) -> NDArray[np.uint8] | None:
     """Decode a complete 8-bit RGB or grayscale JPEG with OpenCV, or return None.
 
-    Profiling showed Pillow spending ~6 ms on a 640x480 JPEG (decode, an EXIF-transpose copy and
-    the array conversion) against ~0.8 ms for cv2.imdecode, which writes straight into a numpy
-    array (benchmarks/results/profile_estimate.txt). Everything unusual (CMYK, progressive
-    oddities, truncated files, MPO) stays on the Pillow path, which reports errors precisely: a
-    JPEG without its end-of-image marker is truncated, and libjpeg would silently fill it grey.
+    Profiling the service (benchmarks/profile_estimate.py, before this path existed) showed Pillow
+    spending ~7 ms on a 640x480 JPEG (decode, an EXIF-transpose copy and the array conversion)
+    where cv2.imdecode, which writes straight into a numpy array, needs 1-3 ms. Everything
+    unusual (CMYK, truncated files, MPO) stays on the Pillow path, which reports errors
+    precisely: a JPEG without its end-of-image marker is truncated, and libjpeg would silently
+    fill it grey.
     """
     if img.format != "JPEG" or img.mode not in ("RGB", "L"):
         return None

@@ -45,7 +45,6 @@ class Estimator:
     def warm_up(self) -> None:
         # Runs every BlazeFace graph once so no user request pays for its start.
         self.detector.warm_up()
-        self.pipeline.process(np.full((256, 256, 3), 128, dtype=np.uint8))
 
     def _prepare(self, data: bytes) -> _Prepared:
         t0 = time.perf_counter()

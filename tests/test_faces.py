@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agelens.faces import FacePipeline, align_face, similarity_transform
+from agelens.faces import DetectorPool, FaceDetector, FacePipeline, align_face, similarity_transform
 from agelens.manifest import AlignmentSpec
 from tests.conftest import face_rgb, faces_in_test_split, needs_dataset
 
@@ -119,3 +119,19 @@ except ImportError:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@needs_dataset
+def test_detector_pool_detects_concurrently_and_like_one_detector() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rgbs = [face_rgb(p) for p, _ in faces_in_test_split(20, 60, 4)]
+    single = FaceDetector()
+    expected = [[f.box for f in single.detect(rgb)] for rgb in rgbs]
+    pool = DetectorPool(size=2)
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda rgb: [f.box for f in pool.detect(rgb)], rgbs * 4))
+    assert got == expected * 4
+    assert all(len(boxes) == 1 for boxes in expected)
+    pool.close()
+    single.close()
