@@ -76,11 +76,18 @@ class AblationConfig(BaseModel):
 
 
 class BornAgainConfig(BaseModel):
-    """A second student generation distilled from the ensemble of the dark-knowledge teacher and
-    the first student (both the student's architecture). An ensemble of two same-size models is
-    a stronger dark-knowledge teacher than either, with no larger network to train."""
+    """A second student generation distilled from earlier runs of the student's architecture.
+
+    `teachers` names run folders under run_dir whose best.pt are averaged (mean probability).
+    With `flip_average_targets`, each crop's target is the teachers' mean over the crop and its
+    mirror, i.e. the flip-averaged prediction: the student learns to give in one pass what the
+    teacher gives with test-time flip averaging (half the inference cost).
+    """
 
     enabled: bool = False
+    name: str = "student_gen2"
+    teachers: list[str] = ["dk_teacher", "student"]
+    flip_average_targets: bool = False
     epochs: int = 60
     ema_decay: float = 0.998
 

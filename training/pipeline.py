@@ -180,34 +180,42 @@ def stage_student(cfg: PipelineConfig, data: CachedData, targets: TeacherTargets
     return rep
 
 
-def ensemble_teacher_logits(members: list[AgeClassifier], crops: torch.Tensor) -> torch.Tensor:
+def ensemble_teacher_logits(
+    members: list[AgeClassifier], crops: torch.Tensor, flip_average: bool = False
+) -> torch.Tensor:
     """Offline targets (crop and mirror) of an ensemble: log of the members' mean probability.
 
     Averaging probabilities rather than logits keeps each member's uncertainty; the log of the
-    mean is a valid set of logits for the temperature-softened KL term.
+    mean is a valid set of logits for the temperature-softened KL term. With `flip_average`,
+    both views get the mean over crop and mirror (the teacher's flip-averaged answer).
     """
     probs = []
     for m in members:
         t = compute_teacher_targets(crops, NORM, m.to(memory_format=torch.channels_last), None)
         assert t.dk_logits is not None
         probs.append(t.dk_logits.softmax(-1))
-    return torch.stack(probs).mean(0).clamp_min(1e-12).log()
+    mean = torch.stack(probs).mean(0)  # (N, 2, C)
+    if flip_average:
+        mean = mean.mean(1, keepdim=True).expand_as(mean).contiguous()
+    return mean.clamp_min(1e-12).log()
 
 
 def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
-    """Second student generation, taught by the ensemble of the DK teacher and the first student."""
+    """Second student generation, taught by earlier runs of the student (see BornAgainConfig)."""
     ba = cfg.born_again
-    members = [load_classifier(cfg.run_dir / name / "best.pt") for name in ("dk_teacher", "student")]
+    members = [load_classifier(cfg.run_dir / name / "best.pt") for name in ba.teachers]
     test_probs = np.mean([softmax(predict_logits(m, data.test.crops, NORM)) for m in members], axis=0)
     teacher_rep = compute_metrics(test_probs, data.test.ages.numpy(), AGES)
-    log.info("born-again teacher ensemble: test MAE %.3f CS@5 %.3f", teacher_rep.mae, teacher_rep.cs5)
-    targets = TeacherTargets(dk_logits=ensemble_teacher_logits(members, data.train.crops))
+    log.info("born-again teachers %s: test MAE %.3f CS@5 %.3f", ba.teachers, teacher_rep.mae, teacher_rep.cs5)
+    targets = TeacherTargets(
+        dk_logits=ensemble_teacher_logits(members, data.train.crops, ba.flip_average_targets)
+    )
     if cfg.distill.beta > 0:
         targets.ordinal_embed = teacher_targets(cfg, data, False, True).ordinal_embed
     scfg = cfg.student.model_copy(update={"epochs": ba.epochs, "ema_decay": ba.ema_decay})
-    rep = run_classifier(scfg, data, cfg.run_dir / "student_gen2", targets, cfg.distill)
+    rep = run_classifier(scfg, data, cfg.run_dir / ba.name, targets, cfg.distill)
     rep["teacher_ensemble_test"] = {"mae": teacher_rep.mae, "cs5": teacher_rep.cs5}
-    _write_json(cfg.run_dir / "student_gen2" / "result.json", rep)
+    _write_json(cfg.run_dir / ba.name / "result.json", rep)
     log.info("born-again student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
     return rep
 
@@ -421,7 +429,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         assert targets is not None
         summary["ablation"] = stage_ablation(cfg, data, targets)
     if "export" in stages:
-        final = "student_gen2" if cfg.born_again.enabled else "student"
+        final = cfg.born_again.name if cfg.born_again.enabled else "student"
         model = load_classifier(cfg.run_dir / final / "best.pt")
         export_classifier(cfg, model, data, cfg.export.version, describe_student(cfg))
     summary["seconds"] = round(time.time() - t0, 1)
