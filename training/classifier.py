@@ -155,7 +155,9 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ema: AveragedModel | None = None
     if cfg.ema_decay > 0:
-        # BN statistics are averaged too (use_buffers), so the EMA model is usable as is.
+        # BN statistics are averaged too (use_buffers), so the EMA model can be evaluated as is.
+        # In the one run that used it (born-again, training/README.md) it lagged far behind the
+        # raw weights early on; averaging BN statistics is the likely cause, so it is off by default.
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     start_epoch, best = 0, float("inf")
