@@ -1,4 +1,4 @@
-# agelens service image: CPU, onnxruntime, MediaPipe; no torch, no build tools in the final stage.
+# agelens service image: CPU, onnxruntime, MediaPipe BlazeFace on LiteRT; no torch, no build tools in the final stage.
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
@@ -14,8 +14,10 @@ COPY docker/requirements-service.txt /tmp/requirements.txt
 # sounddevice, matplotlib and the contrib build of OpenCV for things the face detector never
 # runs; what its import really needs is in requirements-service.txt (docker/README.md has the
 # measured saving of each step).
+# ai-edge-litert (the interpreter that runs BlazeFace) needs only numpy at run time; its
+# declared dependencies (ml_dtypes, tqdm, ...) serve its converter and AOT tools.
 RUN python -m pip install -r /tmp/requirements.txt \
- && python -m pip install --no-deps mediapipe==0.10.21
+ && python -m pip install --no-deps mediapipe==0.10.21 "ai-edge-litert>=2.1,<3"
 COPY pyproject.toml README.md ./
 COPY agelens ./agelens
 COPY service ./service

@@ -3,9 +3,11 @@
 Training builds its crop cache with `FacePipeline.process` and the service calls the very same
 method, with parameters taken from the model's manifest, so the two cannot drift apart.
 
-Detection is MediaPipe BlazeFace (`mp.solutions.face_detection`, bundled in the 0.10.21 wheel, no
-download). Alignment is a least-squares similarity transform from four keypoints (eyes, nose tip,
-mouth centre) to the manifest's canonical template.
+Detection is MediaPipe BlazeFace: the model files bundled in the mediapipe 0.10.21 wheel (no
+download), run either by MediaPipe's own graph (`mp.solutions.face_detection`) or, by default,
+directly on LiteRT with the graph's pre- and post-processing (`agelens.blazeface`). Alignment is a
+least-squares similarity transform from four keypoints (eyes, nose tip, mouth centre) to the
+manifest's canonical template.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from agelens.blazeface import BlazeFaceModel, RawDetection
 from agelens.manifest import AlignmentSpec, Normalisation
 
 # MediaPipe's keypoint order for face_detection.
@@ -81,6 +84,10 @@ class DetectorConfig:
     # for full-range). "full": full-range model (192 px input) on the unpadded image (and tiles of
     # large ones); finds small faces in group photos. "auto" runs both and merges them.
     model: str = "auto"
+    # "litert": MediaPipe's BlazeFace files run directly on LiteRT with MediaPipe's pre- and
+    # post-processing (agelens.blazeface; same detections, ~10 ms less per photo).
+    # "mediapipe": MediaPipe's own calculator graph, the reference.
+    backend: str = "litert"
     # Two detections whose boxes overlap more than this are the same face.
     nms_iou: float = 0.3
     # Ranking bonus of short-range detections over full-range ones in "auto" (see detect()).
@@ -111,22 +118,72 @@ class AlignedFace:
     crop: NDArray[np.uint8]  # (S, S, 3) RGB
 
 
+class _MediaPipeGraph:
+    """BlazeFace through MediaPipe's own calculator graph (`mp.solutions.face_detection`).
+
+    The reference the LiteRT backend is checked against (tests/test_faces.py); ~10 ms slower
+    per photo, since every call crosses the graph's packet copies and thread hand-offs.
+    """
+
+    def __init__(self, selection: int, min_score: float) -> None:
+        mp = import_mediapipe()  # deferred: importing mediapipe costs ~1 s
+        self._graph = mp.solutions.face_detection.FaceDetection(
+            model_selection=selection, min_detection_confidence=min_score
+        )
+        self._min_score = min_score
+
+    def detect(self, rgb: NDArray[np.uint8]) -> list[RawDetection]:
+        result = self._graph.process(np.ascontiguousarray(rgb))
+        out: list[RawDetection] = []
+        for det in result.detections or []:
+            score = float(det.score[0])
+            # The graph ignores min_detection_confidence (its threshold is fixed inside), so the
+            # caller's threshold is applied here, as the LiteRT backend does.
+            if score < self._min_score:
+                continue
+            loc = det.location_data
+            bb = loc.relative_bounding_box
+            box = np.array([bb.xmin, bb.ymin, bb.xmin + bb.width, bb.ymin + bb.height], dtype=np.float32)
+            kps = np.array([[k.x, k.y] for k in loc.relative_keypoints], dtype=np.float32)
+            out.append(RawDetection(box, kps, score))
+        return out
+
+    def close(self) -> None:
+        self._graph.close()
+
+
+class _LiteRTBlazeFace:
+    """The same BlazeFace model files run directly on LiteRT (agelens.blazeface)."""
+
+    def __init__(self, selection: int, min_score: float) -> None:
+        self._model = BlazeFaceModel(selection)
+        self._min_score = min_score
+
+    def detect(self, rgb: NDArray[np.uint8]) -> list[RawDetection]:
+        return self._model.detect(rgb, self._min_score)
+
+    def close(self) -> None:
+        pass
+
+
+DETECTOR_BACKENDS = {"litert": _LiteRTBlazeFace, "mediapipe": _MediaPipeGraph}
+
+
 class FaceDetector:
-    """BlazeFace wrapper. MediaPipe graphs are not thread-safe: each model is guarded by a lock."""
+    """MediaPipe BlazeFace, short- and/or full-range. Not thread-safe per model: each is guarded
+    by a lock (use DetectorPool for parallel detection)."""
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
-        mp = import_mediapipe()  # deferred: importing mediapipe costs ~1 s
-
         self.config = config or DetectorConfig()
-        self._mp = mp
-        self._models: dict[int, object] = {}
+        if self.config.backend not in DETECTOR_BACKENDS:
+            raise ValueError(f"unknown detector backend {self.config.backend!r}")
+        self._models: dict[int, _LiteRTBlazeFace | _MediaPipeGraph] = {}
         self._locks: dict[int, threading.Lock] = {0: threading.Lock(), 1: threading.Lock()}
 
-    def _model(self, selection: int) -> object:
+    def _model(self, selection: int) -> _LiteRTBlazeFace | _MediaPipeGraph:
         if selection not in self._models:
-            self._models[selection] = self._mp.solutions.face_detection.FaceDetection(
-                model_selection=selection, min_detection_confidence=self.config.min_score
-            )
+            backend = DETECTOR_BACKENDS[self.config.backend]
+            self._models[selection] = backend(selection, self.config.min_score)
         return self._models[selection]
 
     def _run(self, rgb: NDArray[np.uint8], selection: int, pad: float) -> list[DetectedFace]:
@@ -142,20 +199,17 @@ class FaceDetector:
             small = cv2.copyMakeBorder(small, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         ph, pw = small.shape[:2]
         with self._locks[selection]:
-            result = self._model(selection).process(np.ascontiguousarray(small))
+            found = self._model(selection).detect(small)
         faces: list[DetectedFace] = []
-        for det in result.detections or []:
-            loc = det.location_data
-            bb = loc.relative_bounding_box
-            kps = np.array([[k.x * pw, k.y * ph] for k in loc.relative_keypoints], dtype=np.float32)
-            kps = (kps - p) / scale
-            x0 = max(0.0, (bb.xmin * pw - p) / scale)
-            y0 = max(0.0, (bb.ymin * ph - p) / scale)
-            x1 = min(float(w), ((bb.xmin + bb.width) * pw - p) / scale)
-            y1 = min(float(h), ((bb.ymin + bb.height) * ph - p) / scale)
+        size = np.array([pw, ph], dtype=np.float32)
+        for det in found:
+            kps = (det.keypoints * size - p) / scale
+            (x0, y0), (x1, y1) = (det.box.reshape(2, 2) * size - p) / scale
+            x0, y0 = max(0.0, float(x0)), max(0.0, float(y0))
+            x1, y1 = min(float(w), float(x1)), min(float(h), float(y1))
             if x1 <= x0 or y1 <= y0:
                 continue
-            faces.append(DetectedFace((x0, y0, x1 - x0, y1 - y0), float(det.score[0]), kps))
+            faces.append(DetectedFace((x0, y0, x1 - x0, y1 - y0), det.score, kps.astype(np.float32)))
         return faces
 
     def detect(self, rgb: NDArray[np.uint8]) -> list[DetectedFace]:
@@ -215,8 +269,8 @@ class FaceDetector:
 class DetectorPool:
     """Several FaceDetectors behind one `detect`, so requests in different threads detect at once.
 
-    A MediaPipe graph handles one image at a time, but it releases the GIL while it runs, so
-    with N graphs the threads of one process can detect on N cores at once. Measured on 2 cores
+    A detector handles one image at a time, but both backends release the GIL while the model
+    runs, so with N detectors the threads of one process can detect on N cores at once. Measured on 2 cores
     (benchmarks/results/load.json): one worker with 2 graphs has the lowest latency at moderate
     load, since keep-alive connections cannot pile up on one busy worker; two workers with one
     graph each reach the highest throughput, since the Python around detection runs in parallel.

@@ -31,7 +31,10 @@ def _init() -> None:
     s = Settings()
     _DETECTOR = FaceDetector(
         DetectorConfig(
-            min_score=s.detector_min_score, pad_fraction=s.detector_pad_fraction, model=s.detector_model
+            min_score=s.detector_min_score,
+            pad_fraction=s.detector_pad_fraction,
+            model=s.detector_model,
+            backend=s.detector_backend,
         )
     )
 

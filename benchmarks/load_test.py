@@ -1,11 +1,15 @@
-"""Load over real HTTP: `agelens serve` on loopback, driven by an async httpx load generator.
+"""Load over real HTTP: `agelens serve` on loopback, driven by wrk and an async httpx generator.
 
-For each worker count it measures
-  * closed loop: `--concurrency` clients back to back for `--seconds`: the maximum throughput;
+For each server configuration it measures
+  * closed loop with wrk (Debian's package; C, epoll): `--concurrency` connections back to back
+    for `--seconds`: the maximum throughput. wrk costs far less CPU per request than a Python
+    client, which matters when the generator shares the 2 cores with the server;
+  * closed loop with the httpx generator, the same way (skipped with --no-httpx-closed);
   * open loop: requests sent on a fixed schedule at `--rate` req/s; latency counts from the
     scheduled send time, so a stalled server cannot hide its queue (no coordinated omission).
 The photo is the one-face 640x480 JPEG of e2e_latency.py; every 200 response is checked to hold
-exactly one face. The load generator shares the 2 cores with the server, as a sidecar would.
+exactly one face (wrk: benchmarks/wrk_post.lua). The load generator shares the 2 cores with the
+server, as a sidecar would.
 
     .venv/bin/python benchmarks/load_test.py > benchmarks/results/load.json
 """
@@ -17,8 +21,11 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,9 +106,48 @@ async def closed_loop(url: str, data: bytes, concurrency: int, seconds: float) -
         elapsed = time.perf_counter() - start
     return {
         "mode": "closed",
+        "generator": "httpx",
         "concurrency": concurrency,
         "seconds": round(elapsed, 1),
         **rec.summary(elapsed),
+    }
+
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk_post.lua"
+
+
+def wrk_closed_loop(url: str, data: bytes, connections: int, seconds: float) -> dict:
+    """wrk, one thread, `connections` keep-alive connections back to back."""
+    body, headers = multipart(data)
+    with tempfile.NamedTemporaryFile(suffix=".multipart") as fh:
+        fh.write(body)
+        fh.flush()
+        env = {
+            **os.environ,
+            "AGELENS_WRK_BODY": fh.name,
+            "AGELENS_WRK_CONTENT_TYPE": headers["content-type"],
+        }
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", "-s"]
+        target = f"{url}/estimate?distribution=true"
+        # A short warm-up run first, so every worker has answered before the measured one.
+        subprocess.run([*cmd[:3], "-d2s", *cmd[4:], str(WRK_SCRIPT), target], env=env, capture_output=True)
+        out = subprocess.run([*cmd, str(WRK_SCRIPT), target], env=env, capture_output=True, text=True)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("AGELENS_JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")
+    r = json.loads(line.removeprefix("AGELENS_JSON "))
+    ok = r["requests"] - r["non200"]
+    return {
+        "mode": "closed",
+        "generator": "wrk",
+        "concurrency": connections,
+        "seconds": round(r["seconds"], 1),
+        "requests": r["requests"],
+        "ok": ok,
+        "errors": r["non200"] + r["bad_bodies"] + r["socket_errors"],
+        "throughput_rps": round(ok / r["seconds"], 1),
+        # wrk's latency covers every answer, 200 or not (there were none but 200s if errors is 0).
+        **{k: round(r[k], 2) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")},
     }
 
 
@@ -143,27 +189,41 @@ def main() -> None:
         "--configs",
         nargs="+",
         default=["1x2", "2x1"],
-        help="WORKERSxDETECTORS: uvicorn workers x MediaPipe graphs per worker (AGELENS_DETECTOR_INSTANCES)",
+        help="WORKERSxDETECTORS: uvicorn workers x face detectors per worker (AGELENS_DETECTOR_INSTANCES)",
     )
+    ap.add_argument("--backend", default="litert", choices=["litert", "mediapipe"])
+    ap.add_argument("--no-httpx-closed", action="store_true", help="closed loop with wrk only")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rates", type=float, nargs="+", default=[40.0, 100.0], help="open-loop req/s")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--detector", default="auto", choices=["auto", "short", "full"])
     args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk (Debian's package)")
     data = photo()
     runs = []
     for config in args.configs:
         workers, detectors = (int(v) for v in config.split("x"))
-        env = {"AGELENS_DETECTOR_MODEL": args.detector, "AGELENS_DETECTOR_INSTANCES": str(detectors)}
+        env = {
+            "AGELENS_DETECTOR_MODEL": args.detector,
+            "AGELENS_DETECTOR_BACKEND": args.backend,
+            "AGELENS_DETECTOR_INSTANCES": str(detectors),
+        }
         with server(workers, env) as srv:
-            closed = asyncio.run(closed_loop(srv.url, data, args.concurrency, args.seconds))
+            closed = [wrk_closed_loop(srv.url, data, args.concurrency, args.seconds)]
+            if not args.no_httpx_closed:
+                closed.append(asyncio.run(closed_loop(srv.url, data, args.concurrency, args.seconds)))
             opened = [asyncio.run(open_loop(srv.url, data, rate, args.seconds)) for rate in args.rates]
         runs.append(
             {"workers": workers, "detector_instances": detectors, "closed_loop": closed, "open_loop": opened}
         )
         print(
             f"workers={workers} detectors={detectors}: "
-            f"closed {closed['throughput_rps']} req/s p99 {closed['p99_ms']} ms; "
+            + "; ".join(
+                f"closed ({c.get('generator', 'httpx')}) {c['throughput_rps']} req/s p99 {c['p99_ms']} ms"
+                for c in closed
+            )
+            + "; "
             + "; ".join(
                 f"open {o['offered_rps']:.0f} req/s: p50 {o['p50_ms']} p99 {o['p99_ms']} ms, "
                 f"{o['errors']} errors"
@@ -175,8 +235,10 @@ def main() -> None:
         json.dumps(
             {
                 "what": "POST /estimate, one-face 640x480 JPEG, distribution included, server on loopback",
-                "generator": "async httpx in one process on the same machine",
+                "generator": "closed loop: wrk (1 thread) and async httpx; open loop: async httpx;"
+                " each in one process on the same machine",
                 "detector": args.detector,
+                "detector_backend": args.backend,
                 "cpu_count": os.cpu_count(),
                 "machine": platform.machine(),
                 "runs": runs,

@@ -39,6 +39,13 @@ def main(venv: Path) -> None:
         # onnxruntime's C-API library: the Python binding links onnxruntime statically (its
         # NEEDED entries, `readelf -d`, name only libc, libstdc++ and friends) and never loads it.
         "onnxruntime C-API library": list((site / "onnxruntime" / "capi").glob("libonnxruntime.so*")),
+        # LiteRT: the service uses only its TFLite Interpreter (_pywrap_litert_interpreter_wrapper
+        # + libpywrap_litert_common.so). The WebGPU accelerator, the CompiledModel runtime
+        # library, NPU vendor plugins, AOT compilation and the model tools are never loaded.
+        "ai_edge_litert accelerators, NPU vendors and tools": [
+            site / "ai_edge_litert" / name
+            for name in ("libLiteRtWebGpuAccelerator.so", "libLiteRt.so", "vendors", "aot", "tools")
+        ],
         # Packages' own test suites.
         "tests folders": [p for p in site.rglob("tests") if p.is_dir()],
     }

@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
         app.state.ready = False
-        app.state.estimator.detector.close()
+        app.state.estimator.close()
 
     app = FastAPI(
         title="agelens",

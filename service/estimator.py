@@ -36,6 +36,7 @@ class Estimator:
                 min_score=settings.detector_min_score,
                 pad_fraction=settings.detector_pad_fraction,
                 model=settings.detector_model,
+                backend=settings.detector_backend,
             ),
             size=settings.detector_instances,
         )
@@ -45,6 +46,9 @@ class Estimator:
     def warm_up(self) -> None:
         # Runs every BlazeFace graph once so no user request pays for its start.
         self.detector.warm_up()
+
+    def close(self) -> None:
+        self.detector.close()
 
     def _prepare(self, data: bytes) -> _Prepared:
         t0 = time.perf_counter()

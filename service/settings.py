@@ -24,10 +24,15 @@ class Settings(BaseSettings):
     max_faces: int = Field(20, ge=1, description="Faces kept per image (largest first)")
     max_batch_images: int = Field(16, ge=1, description="Images per /estimate/batch request")
     detector_model: str = Field("auto", pattern="^(auto|short|full)$", description="BlazeFace model(s)")
+    detector_backend: str = Field(
+        "litert",
+        pattern="^(litert|mediapipe)$",
+        description="Run BlazeFace on LiteRT (fast) or through MediaPipe's graph (reference)",
+    )
     detector_min_score: float = Field(0.5, ge=0.0, le=1.0, description="Detection threshold")
     detector_pad_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Padding before detection")
     detector_instances: int = Field(
-        1, ge=1, le=64, description="MediaPipe graphs per worker, so its requests detect in parallel"
+        1, ge=1, le=64, description="Face detectors per worker, so its requests detect in parallel"
     )
     interval_level: float = Field(0.9, gt=0.0, lt=1.0, description="Probability of the age interval")
     max_concurrency: int = Field(

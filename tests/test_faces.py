@@ -6,7 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from agelens.faces import DetectorPool, FaceDetector, FacePipeline, align_face, similarity_transform
+from agelens.blazeface import FULL_RANGE, SHORT_RANGE, ssd_anchors, weighted_nms
+from agelens.faces import (
+    DetectorConfig,
+    DetectorPool,
+    FaceDetector,
+    FacePipeline,
+    align_face,
+    similarity_transform,
+)
 from agelens.manifest import AlignmentSpec
 from tests.conftest import face_rgb, faces_in_test_split, needs_dataset
 
@@ -91,8 +99,9 @@ def test_tight_utkface_crops_are_detected() -> None:
     assert found == len(faces)
 
 
-def test_detector_works_without_matplotlib() -> None:
-    """The service image leaves matplotlib out; mediapipe must still import and detect."""
+@pytest.mark.parametrize("backend", ["litert", "mediapipe"])
+def test_detector_works_without_matplotlib(backend: str) -> None:
+    """The service image leaves matplotlib out; both backends must still load and detect."""
     import subprocess
     import sys
 
@@ -104,8 +113,8 @@ import sys
 sys.modules["matplotlib"] = None  # what an environment without matplotlib looks like
 import numpy as np
 from PIL import Image
-from agelens.faces import FaceDetector
-d = FaceDetector()
+from agelens.faces import DetectorConfig, FaceDetector
+d = FaceDetector(DetectorConfig(backend={backend!r}))
 assert d.detect(np.full((200, 200, 3), 128, np.uint8)) == []
 if {face!r}:
     assert len(d.detect(np.asarray(Image.open({face!r}).convert("RGB")))) == 1
@@ -135,3 +144,76 @@ def test_detector_pool_detects_concurrently_and_like_one_detector() -> None:
     assert all(len(boxes) == 1 for boxes in expected)
     pool.close()
     single.close()
+
+
+def test_ssd_anchors_match_mediapipe_layout() -> None:
+    # Short range: 16x16 cells x 2 anchors (stride 8) then 8x8 x 6 (three stride-16 layers, each
+    # with the interpolated anchor); full range: 48x48 x 1.
+    short, full = ssd_anchors(SHORT_RANGE), ssd_anchors(FULL_RANGE)
+    assert short.shape == (896, 2) and full.shape == (2304, 2)
+    assert np.allclose(short[0], short[1]) and np.allclose(short[0], [0.5 / 16, 0.5 / 16])
+    assert np.allclose(short[2], [1.5 / 16, 0.5 / 16])  # x runs fastest
+    assert np.allclose(short[512:518], [0.5 / 8, 0.5 / 8])  # six anchors share the first 8x8 cell
+    assert np.allclose(full[-1], [47.5 / 48, 47.5 / 48])
+
+
+def test_weighted_nms_averages_overlaps_by_score_and_keeps_the_rest() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], dtype=np.float32)
+    kps = np.zeros((3, 6, 2), dtype=np.float32)
+    kps[1] += 4.0
+    scores = np.array([0.6, 0.9, 0.7], dtype=np.float32)
+    out = weighted_nms(boxes, kps, scores, iou=0.3)
+    assert [round(d.score, 3) for d in out] == [0.9, 0.7]
+    # Weighted by score: x0 = (0.9 * 1 + 0.6 * 0) / 1.5 = 0.6; keypoints (0.9 * 4) / 1.5 = 2.4.
+    assert np.allclose(out[0].box, [0.6, 0, 10.6, 10]) and np.allclose(out[0].keypoints, 2.4)
+    assert np.allclose(out[1].box, boxes[2])
+
+
+def _photo_with_faces(paths: list, size: tuple[int, int], scale: float) -> np.ndarray:
+    """The faces pasted side by side on a textured background: a multi-face photo."""
+    w, h = size
+    canvas = textured(h, w, seed=3)
+    for i, path in enumerate(paths):
+        face = cv2.resize(face_rgb(path), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        fh, fw = face.shape[:2]
+        x = int((i + 0.5) * w / len(paths) - fw / 2)
+        y = (h - fh) // 2
+        canvas[y : y + fh, x : x + fw] = face
+    return canvas
+
+
+@needs_dataset
+@pytest.mark.parametrize("selection", [0, 1])
+def test_litert_blazeface_reproduces_the_mediapipe_graph(selection: int) -> None:
+    """Same model files, MediaPipe's pre/post-processing re-done: the detections must agree to
+    numerical noise, so crops (and ages) are the same whichever backend made them."""
+    from agelens.faces import DETECTOR_BACKENDS
+
+    ours = DETECTOR_BACKENDS["litert"](selection, 0.5)
+    ref = DETECTOR_BACKENDS["mediapipe"](selection, 0.5)
+    images = [face_rgb(p) for p, _ in faces_in_test_split(0, 100, 12)]
+    images = [cv2.copyMakeBorder(im, 50, 50, 50, 50, cv2.BORDER_CONSTANT, value=0) for im in images]
+    faces = [p for p, _ in faces_in_test_split(5, 80, 6)]
+    images += [_photo_with_faces(faces[:3], (900, 500), 0.6), _photo_with_faces(faces[3:], (640, 480), 0.4)]
+    compared = 0
+    for rgb in images:
+        a = sorted(ours.detect(rgb), key=lambda d: -d.score)
+        b = sorted(ref.detect(rgb), key=lambda d: -d.score)
+        assert len(a) == len(b)
+        h, w = rgb.shape[:2]
+        for da, db in zip(a, b, strict=True):
+            assert abs(da.score - db.score) < 1e-4
+            assert np.abs((da.keypoints - db.keypoints) * [w, h]).max() < 0.05  # pixels
+            assert np.abs((da.box - db.box).reshape(2, 2) * [w, h]).max() < 0.05
+            compared += 1
+    assert compared >= 10
+    ref.close()
+
+
+@needs_dataset
+def test_min_score_drops_weaker_faces() -> None:
+    rgb = face_rgb(faces_in_test_split(30, 40, 1)[0][0])
+    found = FaceDetector(DetectorConfig(model="short")).detect(rgb)
+    assert len(found) == 1
+    stricter = FaceDetector(DetectorConfig(model="short", min_score=min(0.999, found[0].score + 0.01)))
+    assert stricter.detect(rgb) == []
