@@ -10,12 +10,11 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY docker/requirements-service.txt /tmp/requirements.txt
-# mediapipe is installed without its declared dependencies: it pulls jax, jaxlib, sentencepiece,
-# sounddevice, matplotlib and the contrib build of OpenCV for things the face detector never
-# runs; what its import really needs is in requirements-service.txt (docker/README.md has the
-# measured saving of each step).
-# ai-edge-litert (the interpreter that runs BlazeFace) needs only numpy at run time; its
-# declared dependencies (ml_dtypes, tqdm, ...) serve its converter and AOT tools.
+# The service detects faces with MediaPipe's BlazeFace model files on the LiteRT interpreter
+# (agelens.blazeface). mediapipe is installed only for those two files, without its declared
+# dependencies (jax, matplotlib, OpenCV contrib, ...), and slim_venv.py removes the rest of it;
+# ai-edge-litert needs only numpy at run time (its own dependencies serve its converter and AOT
+# tools). docker/README.md has the measured saving of each step.
 RUN python -m pip install -r /tmp/requirements.txt \
  && python -m pip install --no-deps mediapipe==0.10.21 "ai-edge-litert>=2.1,<3"
 COPY pyproject.toml README.md ./

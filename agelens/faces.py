@@ -126,7 +126,14 @@ class _MediaPipeGraph:
     """
 
     def __init__(self, selection: int, min_score: float) -> None:
-        mp = import_mediapipe()  # deferred: importing mediapipe costs ~1 s
+        try:
+            mp = import_mediapipe()  # deferred: importing mediapipe costs ~1 s
+        except ImportError as exc:
+            # The service image keeps only mediapipe's BlazeFace files (docker/slim_venv.py).
+            raise RuntimeError(
+                "the 'mediapipe' detector backend needs the full mediapipe==0.10.21 package, which "
+                "is not installed here; use the 'litert' backend (the same models)"
+            ) from exc
         self._graph = mp.solutions.face_detection.FaceDetection(
             model_selection=selection, min_detection_confidence=min_score
         )

@@ -23,13 +23,16 @@ def size_mb(path: Path) -> float:
 def main(venv: Path) -> None:
     site = next(venv.glob("lib/python3*/site-packages"))
     groups: dict[str, list[Path]] = {
-        # MediaPipe ships the models of every solution; the service runs face detection only.
-        # Only the .tflite weights go: `import mediapipe` imports the other solutions' Python code.
-        "mediapipe models other than face_detection": [
-            p
-            for p in (site / "mediapipe" / "modules").rglob("*.tflite")
-            if "face_detection" not in p.relative_to(site / "mediapipe" / "modules").parts
-        ],
+        # MediaPipe: the image detects with BlazeFace on LiteRT (agelens.blazeface), which needs
+        # only the two face-detection .tflite files of the pinned mediapipe wheel. Its graph
+        # runtime (_framework_bindings.so, tasks, the other solutions and their models) is the
+        # reference backend that tests compare against, not something the service loads. What
+        # stays: the package's __init__.py (so importlib finds the files) and those two models.
+        "mediapipe other than its BlazeFace model files": [
+            p for p in (site / "mediapipe").iterdir() if p.name not in ("__init__.py", "modules")
+        ]
+        + [p for p in (site / "mediapipe" / "modules").iterdir() if p.name != "face_detection"]
+        + [p for p in (site / "mediapipe" / "modules" / "face_detection").iterdir() if p.suffix != ".tflite"],
         # OpenCV's Haar cascades (we detect with BlazeFace).
         "cv2/data": [site / "cv2" / "data"],
         # onnxruntime's offline tooling: quantisation, transformer optimisers, converters.

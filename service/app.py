@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -64,6 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.estimator = None
     app.state.in_flight = 0
+    # Requests admitted by concurrency_slot wait here, in arrival order, for one of as many
+    # processing turns as there are face detectors (see dependencies.run_in_turn).
+    app.state.turns = asyncio.Semaphore(settings.detector_instances)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(estimate.router)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import ParamSpec, TypeVar
 
 from fastapi import Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
 from service.errors import ApiError
 from service.estimator import Estimator
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
@@ -43,3 +48,17 @@ async def concurrency_slot(request: Request) -> AsyncIterator[None]:
     finally:
         state.in_flight -= 1
         state.metrics.in_flight.set(state.in_flight)
+
+
+async def run_in_turn(request: Request, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run the CPU work of a request in a worker thread, at most one per face detector at a time,
+    in arrival order.
+
+    Without this, every admitted request got a thread at once and they raced for the detector's
+    lock, which is not fair: under a closed-loop load some requests waited for seconds while
+    others were served (measured: p99 1.3 s against p50 93 ms at 8 connections on one worker).
+    asyncio.Semaphore wakes its waiters first come, first served, and the threads that do run no
+    longer contend for the GIL with idle ones.
+    """
+    async with request.app.state.turns:
+        return await run_in_threadpool(fn, *args, **kwargs)

@@ -4,10 +4,9 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 
 from agelens.schemas import BatchItem, BatchResponse, ErrorBody, ErrorResponse, EstimateResponse
-from service.dependencies import check_api_key, concurrency_slot, get_estimator
+from service.dependencies import check_api_key, concurrency_slot, get_estimator, run_in_turn
 from service.errors import ApiError, image_error
 from service.estimator import Estimator
 
@@ -53,7 +52,7 @@ async def estimate(
 ) -> EstimateResponse:
     data = await image.read()
     try:
-        result = await run_in_threadpool(estimator.estimate, data, distribution)
+        result = await run_in_turn(request, estimator.estimate, data, distribution)
     except ValueError as exc:
         raise image_error(exc) from exc
     _observe(request, result)
@@ -79,7 +78,7 @@ async def estimate_batch(
         raise ApiError(413, "too_many_images", f"{len(images)} images sent; the limit is {limit} per batch")
     started = time.perf_counter()
     blobs = [await f.read() for f in images]
-    results = await run_in_threadpool(estimator.estimate_many, blobs, distribution)
+    results = await run_in_turn(request, estimator.estimate_many, blobs, distribution)
     items = []
     for i, (f, res) in enumerate(zip(images, results, strict=True)):
         if isinstance(res, EstimateResponse):
