@@ -19,20 +19,11 @@ def _setup_logging() -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from service.server import serve
 
     if args.model_version:
         os.environ["AGELENS_MODEL_VERSION"] = args.model_version
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="warning",
-        access_log=False,
-    )
-    return 0
+    return serve(args.host, args.port, args.workers)
 
 
 def _face_rows(result: object) -> list[str]:

@@ -29,6 +29,10 @@ from service.settings import Settings  # noqa: E402
 DATASET = Path(os.environ.get("AGELENS_UTKFACE", REPO.parent / "shared" / "datasets" / "utkface"))
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    return {"max": round(max(values), 6), "mean": round(statistics.fmean(values), 6)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=0, help="first N test faces (0 = all)")
@@ -71,8 +75,8 @@ def main() -> None:
                 "images": len(rows),
                 "images_with_different_face_counts": mismatched,
                 "faces_compared": len(kp_diff),
-                "keypoint_abs_diff_px": {"max": round(max(kp_diff), 5), "mean": round(statistics.fmean(kp_diff), 6)},
-                "age_abs_diff_years": {"max": round(max(age_diff), 4), "mean": round(statistics.fmean(age_diff), 5)},
+                "keypoint_abs_diff_px": spread(kp_diff),
+                "age_abs_diff_years": spread(age_diff),
                 "test_mae_main_face": {b: round(statistics.fmean(e), 4) for b, e in errors.items()},
                 "faces_found": {b: len(e) for b, e in errors.items()},
                 "detect_ms_median": {b: round(statistics.median(v), 2) for b, v in detect_ms.items()},

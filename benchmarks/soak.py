@@ -29,7 +29,10 @@ def default_rate(workers: int, detectors: int) -> float:
     run = next(
         r for r in load["runs"] if r["workers"] == workers and r.get("detector_instances") == detectors
     )
-    return round(0.8 * run["closed_loop"]["throughput_rps"], 1)
+    closed = run["closed_loop"]
+    # The highest closed-loop figure (wrk's: the lighter generator) is the server's maximum.
+    best = max(c["throughput_rps"] for c in closed) if isinstance(closed, list) else closed["throughput_rps"]
+    return round(0.8 * best, 1)
 
 
 def main() -> None:
