@@ -1,49 +1,119 @@
-"""Running the app under uvicorn, with one or several worker processes."""
+"""Running the app under uvicorn, in one process or in several worker processes.
+
+Several workers are not run with uvicorn's own supervisor, for two measured reasons (both on the
+2-core machine, one-face photo, benchmarks/load_test.py):
+
+* uvicorn binds one socket for all its workers with `proto` 0 (uvicorn issue #3149); accepted
+  connections inherit it, and asyncio turns on TCP_NODELAY only for sockets that say
+  IPPROTO_TCP. Nagle's algorithm then held each keep-alive response until the client's delayed
+  ACK: p50 55 ms seen by the client for 7 ms of work.
+* On one shared socket, whichever worker wakes first accepts every pending connection in a loop
+  (asyncio accepts up to `backlog` per wake-up), so a burst of new keep-alive connections lands
+  on one worker while the other idles: the same server measured 78 to 195 req/s from run to run.
+
+So each worker binds its own socket with SO_REUSEPORT, and the kernel spreads new connections
+over the workers' sockets by a hash of the connection, and every socket is created as TCP.
+"""
 
 from __future__ import annotations
 
-import inspect
+import logging
+import multiprocessing
+import signal
 import socket
+import sys
+import threading
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
 
 import uvicorn
 
+log = logging.getLogger("agelens.server")
 
-def listening_socket(config: uvicorn.Config) -> socket.socket:
-    """uvicorn's listening socket for several workers, marked as TCP so replies are not delayed.
-
-    uvicorn binds the socket for its worker processes with `proto` 0 (uvicorn issue #3149).
-    Accepted connections inherit it, and asyncio turns on TCP_NODELAY only for sockets that say
-    IPPROTO_TCP, so with several workers Nagle's algorithm stayed on: each keep-alive response
-    waited ~40 ms for the client's delayed ACK (measured: p50 55 ms from the client for 7 ms of
-    work at 40 req/s). Re-wrapping the descriptor with the right protocol fixes that; the
-    descriptor, its address and its inheritability stay the same.
-    """
-    sock = config.bind_socket()
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto != socket.IPPROTO_TCP:
-        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
-    return sock
+# uvicorn's exit code for a server that could not start (the model failed to load, ...).
+STARTUP_FAILURE = 3
 
 
-def serve(host: str, port: int, workers: int) -> int:
-    """Serve `service.app:create_app` until interrupted; returns the process exit code."""
-    config = uvicorn.Config(
+def _config(host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
         "service.app:create_app",
         factory=True,
         host=host,
         port=port,
-        workers=workers,
         log_level="warning",
         access_log=False,  # our middleware logs every request as JSON, with its id
     )
-    server = uvicorn.Server(config)
-    if config.workers > 1:
-        from uvicorn.supervisors import Multiprocess
 
-        # What uvicorn.run does for several workers, with our socket. The supervisor took a
-        # `target` (the server's run method) up to uvicorn 0.3x; newer releases build it.
-        extra = {"target": server.run} if "target" in inspect.signature(Multiprocess).parameters else {}
-        Multiprocess(config, sockets=[listening_socket(config)], **extra).run()
-        return 0
-    server.run()
-    # uvicorn.run's convention: a server that never started (model missing, port taken) exits 3.
-    return 0 if server.started else 3
+
+def worker_socket(host: str, port: int) -> socket.socket:
+    """A TCP listening socket that other workers can bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock  # uvicorn's server calls listen() on it
+
+
+def _run_worker(host: str, port: int) -> None:
+    server = uvicorn.Server(_config(host, port))
+    server.run(sockets=[worker_socket(host, port)])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def _supervise(host: str, port: int, workers: int) -> int:
+    """Start `workers` processes, restart any that dies, stop them all on SIGINT or SIGTERM."""
+    ctx = multiprocessing.get_context("spawn")  # no fork: onnxruntime and LiteRT hold threads
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def start() -> BaseProcess:
+        p = ctx.Process(target=_run_worker, args=(host, port), name="agelens-worker")
+        p.start()
+        return p
+
+    procs = [start() for _ in range(workers)]
+    code = 0
+    while not stop.wait(0.5):
+        for i, p in enumerate(procs):
+            if p.is_alive():
+                continue
+            if p.exitcode == STARTUP_FAILURE:
+                # Restarting would fail the same way (a missing model, a taken port): give up.
+                log.error("worker %s could not start; stopping", p.pid)
+                stop.set()
+                code = STARTUP_FAILURE
+                break
+            log.warning("worker %s exited with code %s; starting another", p.pid, p.exitcode)
+            procs[i] = start()
+    for p in procs:
+        if p.is_alive():
+            p.terminate()  # SIGTERM: uvicorn finishes the requests in flight, then exits
+    deadline = time.monotonic() + 30
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+    return code
+
+
+def serve(host: str, port: int, workers: int) -> int:
+    """Serve `service.app:create_app` until interrupted; returns the process exit code."""
+    if workers <= 1:
+        server = uvicorn.Server(_config(host, port))
+        server.run()
+        return 0 if server.started else STARTUP_FAILURE
+    if port == 0:
+        raise ValueError("several workers need a fixed port (each binds it with SO_REUSEPORT)")
+    return _supervise(host, port, workers)

@@ -1,13 +1,12 @@
-"""The multi-worker listening socket: accepted connections must get TCP_NODELAY."""
+"""The workers' listening sockets: TCP_NODELAY on every connection, and one socket per worker."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 
-import uvicorn
-
-from service.server import listening_socket
+from service.server import worker_socket
+from tests.conftest import free_port
 
 
 async def _nodelay_of_accepted(sock: socket.socket) -> int:
@@ -32,21 +31,29 @@ async def _nodelay_of_accepted(sock: socket.socket) -> int:
         server.close()
 
 
-def test_worker_socket_is_tcp_and_connections_get_nodelay() -> None:
-    config = uvicorn.Config("service.app:create_app", factory=True, host="127.0.0.1", port=0, workers=2)
-    # A listener made the way uvicorn makes it (proto 0, uvicorn issue #3149): asyncio leaves
-    # Nagle on for its connections. This shows the check below can fail.
+def test_worker_connections_get_nodelay() -> None:
+    # A listener made the way uvicorn makes one for its workers (proto 0, uvicorn issue #3149):
+    # asyncio leaves Nagle on for its connections. This shows the check below can fail.
     plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         plain.bind(("127.0.0.1", 0))
-        plain.listen()
         assert asyncio.run(_nodelay_of_accepted(plain)) == 0
     finally:
         plain.close()
-    sock = listening_socket(config)
+    sock = worker_socket("127.0.0.1", 0)
     try:
         assert sock.proto == socket.IPPROTO_TCP
-        assert sock.get_inheritable()  # still handed to the worker processes
         assert asyncio.run(_nodelay_of_accepted(sock)) == 1
     finally:
         sock.close()
+
+
+def test_every_worker_binds_the_same_port() -> None:
+    port = free_port()
+    first, second = worker_socket("127.0.0.1", port), worker_socket("127.0.0.1", port)
+    try:
+        assert first.getsockname() == second.getsockname() == ("127.0.0.1", port)
+        assert first.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+    finally:
+        first.close()
+        second.close()

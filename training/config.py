@@ -73,6 +73,9 @@ class AblationConfig(BaseModel):
     # are in [distill] and may switch a part off).
     alpha: float = 1.0
     beta: float = 1.0
+    # Which arms to run (training/pipeline.py ARMS). A subset skips the teachers it does not use:
+    # the ordinal-teacher experiment runs ["student_ce", "student_hint"] without the DK teacher.
+    arms: list[str] = ["student_ce", "student_dk", "student_hint", "student_dk_hint"]
 
 
 class BornAgainConfig(BaseModel):

@@ -231,7 +231,11 @@ ARMS = {
 def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTargets) -> dict:
     ab = cfg.ablation
     results: dict[str, dict] = {}
-    for arm, (use_a, use_b) in ARMS.items():
+    unknown = set(ab.arms) - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown ablation arms {sorted(unknown)}; known: {list(ARMS)}")
+    for arm in ab.arms:
+        use_a, use_b = ARMS[arm]
         runs = []
         for seed in ab.seeds:
             scfg = cfg.student.model_copy(update={"epochs": ab.epochs, "seed": seed})
@@ -419,7 +423,10 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         summary["ordinal_teacher"] = stage_ordinal(cfg, data)
     targets = None
     if {"student", "ablation"} & set(stages):
-        targets = teacher_targets(cfg, data, True, True)
+        # Load a teacher only if some stage to run uses it.
+        arms = [ARMS[a] for a in cfg.ablation.arms] if "ablation" in stages and cfg.ablation.enabled else []
+        uses = arms + ([(cfg.distill.alpha, cfg.distill.beta)] if "student" in stages else [])
+        targets = teacher_targets(cfg, data, any(a > 0 for a, _ in uses), any(b > 0 for _, b in uses))
     if "student" in stages:
         assert targets is not None
         summary["student"] = stage_student(cfg, data, targets)
