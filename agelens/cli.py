@@ -1,4 +1,4 @@
-"""`agelens` command line: serve, estimate, prepare, train, evaluate, export.
+"""`agelens` command line: serve, estimate, prepare, train, evaluate, export, requantize.
 
 Each subcommand imports its stack lazily, so `agelens estimate` works with only the client extra.
 """
@@ -126,6 +126,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_requantize(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from training.requantize import requantize
+
+    dest = requantize(Path(args.source), args.version, Path(args.cache))
+    print(dest)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     _setup_logging()
     from training.classifier import load_classifier
@@ -210,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-int8", action="store_true")
     ex.add_argument("--no-tta", action="store_true", help="export without the in-graph flip averaging")
     ex.set_defaults(func=cmd_export)
+
+    rq = sub.add_parser(
+        "requantize", help="register a new version: same float file, int8 variant quantised again"
+    )
+    rq.add_argument("--from", dest="source", required=True, help="model-store version folder to start from")
+    rq.add_argument("--version", required=True)
+    rq.add_argument("--cache", default="data/cache/utkface-64")
+    rq.set_defaults(func=cmd_requantize)
     return p
 
 

@@ -175,3 +175,43 @@ def test_interrupted_training_resumes_from_its_last_epoch(tmp_path: Path) -> Non
     assert epochs == [0, 1, 2]
     state = torch.load(tmp_path / "last.pt", weights_only=False)
     assert state["epoch"] == 2 and not (tmp_path / "last.tmp").exists()
+
+
+def test_int8_keeps_head_and_probabilities_float_and_tracks_the_float_model(tmp_path: Path) -> None:
+    """The quantiser must leave the classifier head and the flip-averaged probability arithmetic
+    in float32: uint8 probabilities (steps of 1/255) rounded most of 101 classes to zero."""
+    import onnx
+
+    from training.export import FlipAveraged, fp32_graph, quantize_int8, store_weights_fp16
+
+    torch.manual_seed(0)
+    model = AgeClassifier().eval()
+    exported, fp16 = tmp_path / "tta.onnx", tmp_path / "tta16.onnx"
+    export_onnx(FlipAveraged(model), exported, 64)
+    store_weights_fp16(exported, fp16)  # the shipped storage: quantise from what ships
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(-1, 1, (64, 3, 64, 64)).astype(np.float32)
+    int8 = tmp_path / "tta.int8.onnx"
+    quantize_int8(fp32_graph(fp16, tmp_path / "f32.onnx"), int8, calib)
+    graph = onnx.load(str(int8)).graph
+    produced_by = {out: n for n in graph.node for out in n.output}
+    quantized_inputs = {
+        produced_by[n.input[0]].op_type
+        for n in graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] in produced_by  # else: the graph's input
+    }
+    assert "Conv" in {n.op_type for n in graph.node}
+    assert not quantized_inputs & {"Gemm", "Softmax", "Mul", "Log"}
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 10  # the backbone is quantised
+    x = rng.uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32)
+    p_float, p_int8 = (
+        torch.softmax(
+            torch.from_numpy(
+                ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            ),
+            1,
+        ).numpy()
+        for p in (fp16, int8)
+    )
+    ages = np.arange(101)
+    assert np.abs(p_float @ ages - p_int8 @ ages).max() < 1.0

@@ -1,0 +1,112 @@
+"""A new model-store version with a re-made int8 variant and the same float weights.
+
+Used when the quantiser changes but the network does not (2.1.0 -> 2.2.0: the head and the
+probability arithmetic kept in float32, see export.head_and_probability_nodes). The float file
+is copied byte for byte, so the new version answers exactly as the old one; the int8 file is
+quantised again from it, calibrated on the first 512 val crops as the pipeline does, and
+evaluated on the cached test split. The old version stays in the store.
+
+    agelens requantize --from model_store/agelens-student/2.1.0 --version 2.2.0 \\
+        --cache data/cache/utkface-64
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from agelens.ages import softmax
+from agelens.faces import normalise
+from agelens.manifest import MANIFEST_FILENAME, AgeBand, ModelManifest, sha256_file
+from training.dataset import load_data
+from training.evaluate import compute_metrics
+from training.export import fp32_graph, quantize_int8
+from training.model_card import render_card
+
+log = logging.getLogger(__name__)
+
+
+def _test_probabilities(path: Path, manifest: ModelManifest, crops: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = [
+        sess.run(None, {manifest.input_name: normalise(crops[i : i + 256], manifest.normalisation)})[0]
+        for i in range(0, len(crops), 256)
+    ]
+    return softmax(np.concatenate(logits))
+
+
+def requantize(source: Path, version: str, cache: Path) -> Path:
+    manifest = ModelManifest.load(source / MANIFEST_FILENAME)
+    data = load_data(cache)
+    if data.spec != manifest.alignment:
+        raise ValueError("the cache was built with other alignment parameters than the model's manifest")
+    ages = np.asarray(manifest.ages, dtype=np.float64)
+    test_crops, test_ages = data.test.crops.numpy(), data.test.ages.numpy()
+
+    # The float model on this cache must give the metrics its manifest records: else the cache
+    # (or the face pipeline that built it) differs from the one the model was measured with.
+    fp32_probs = _test_probabilities(source / manifest.file, manifest, test_crops)
+    fp32_mae = compute_metrics(fp32_probs, test_ages, ages).mae
+    if abs(fp32_mae - manifest.metrics.mae) > 0.01:
+        raise ValueError(
+            f"{source}: test MAE {fp32_mae:.4f} on this cache, its manifest says {manifest.metrics.mae:.4f}"
+        )
+
+    dest = source.parent / version
+    dest.mkdir(parents=True, exist_ok=False)
+    shutil.copyfile(source / manifest.file, dest / manifest.file)
+    int8_name = "model.int8.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = fp32_graph(source / manifest.file, Path(tmp) / "fp32.onnx")
+        calib = normalise(data.val.crops[:512].numpy(), manifest.normalisation)
+        quantize_int8(fp32, dest / int8_name, calib)
+    q = compute_metrics(_test_probabilities(dest / int8_name, manifest, test_crops), test_ages, ages)
+    old_int8_mae = manifest.notes.get("int8_test_mae")
+    notes = {
+        **manifest.notes,
+        "int8_file": int8_name,
+        "int8_sha256": sha256_file(dest / int8_name),
+        "int8_bytes": (dest / int8_name).stat().st_size,
+        "int8_test_mae": q.mae,
+        "int8_test_cs5": q.cs5,
+        "derived_from": f"{manifest.name} {manifest.version}: same float file; int8 re-quantised with "
+        f"the head and probability arithmetic in float32 (int8 test MAE {old_int8_mae} -> {q.mae})",
+    }
+    new = manifest.model_copy(
+        update={
+            "version": version,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "notes": notes,
+        }
+    )
+    new.save(dest / MANIFEST_FILENAME)
+    full = json.loads((source / "metrics_full.json").read_text())
+    (dest / "metrics_full.json").write_text(json.dumps(full, indent=2) + "\n")
+    demo = {k: [AgeBand.model_validate(b) for b in v] for k, v in full["demographics"].items()}
+    extra = (
+        f"\n## Version history\n- {version}: the float file of {manifest.version}, byte for byte; its int8 "
+        f"variant re-quantised with the classifier head and the probability arithmetic kept in float32 "
+        f"(int8 test MAE {old_int8_mae} in {manifest.version} -> {q.mae}).\n"
+    )
+    card = render_card(
+        new.name,
+        version,
+        str(notes["description"]),
+        new.metrics,
+        demo,
+        new.parameters or 0,
+        notes,
+        new.temperature,
+        new.alignment,
+        extra,
+    )
+    (dest / "MODEL_CARD.md").write_text(card)
+    log.info("registered %s/%s: int8 test MAE %.4f (float %.4f)", new.name, version, q.mae, fp32_mae)
+    return dest
