@@ -1,9 +1,9 @@
 """MediaPipe's BlazeFace models run directly on the LiteRT (TFLite) interpreter.
 
-MediaPipe's `solutions.face_detection` wraps two small TFLite models in a calculator graph. On
-2 cores that graph cost ~17 ms per photo for the two passes the service makes, of which the
-models themselves are ~6.5 ms (benchmarks/results/profile_estimate.txt): the rest is the graph's
-packet copies and thread hand-offs. This module runs the *same* .tflite files, read from the
+MediaPipe's `solutions.face_detection` wraps two small TFLite models in a calculator graph,
+whose packet copies and thread hand-offs cost on top of the models: both passes the service
+makes on a 640x480 photo take 14.1 ms through the graph and 10.0 ms here
+(benchmarks/results/e2e_latency.json). This module runs the *same* .tflite files, read from the
 installed mediapipe 0.10.21 wheel (nothing is downloaded), with the same pre- and post-processing
 as MediaPipe's calculators, so the detections match the graph's (tests/test_faces.py measures the
 agreement on real faces):

@@ -85,7 +85,7 @@ class DetectorConfig:
     # large ones); finds small faces in group photos. "auto" runs both and merges them.
     model: str = "auto"
     # "litert": MediaPipe's BlazeFace files run directly on LiteRT with MediaPipe's pre- and
-    # post-processing (agelens.blazeface; same detections, ~10 ms less per photo).
+    # post-processing (agelens.blazeface; the same detections, faster).
     # "mediapipe": MediaPipe's own calculator graph, the reference.
     backend: str = "litert"
     # Two detections whose boxes overlap more than this are the same face.
@@ -121,8 +121,9 @@ class AlignedFace:
 class _MediaPipeGraph:
     """BlazeFace through MediaPipe's own calculator graph (`mp.solutions.face_detection`).
 
-    The reference the LiteRT backend is checked against (tests/test_faces.py); ~10 ms slower
-    per photo, since every call crosses the graph's packet copies and thread hand-offs.
+    The reference the LiteRT backend is checked against (tests/test_faces.py). Slower, since
+    every call crosses the graph's packet copies and thread hand-offs: 14.1 against 10.0 ms for
+    both models on a 640x480 photo (benchmarks/results/e2e_latency.json).
     """
 
     def __init__(self, selection: int, min_score: float) -> None:
@@ -277,10 +278,9 @@ class DetectorPool:
     """Several FaceDetectors behind one `detect`, so requests in different threads detect at once.
 
     A detector handles one image at a time, but both backends release the GIL while the model
-    runs, so with N detectors the threads of one process can detect on N cores at once. Measured on 2 cores
-    (benchmarks/results/load.json): one worker with 2 graphs has the lowest latency at moderate
-    load, since keep-alive connections cannot pile up on one busy worker; two workers with one
-    graph each reach the highest throughput, since the Python around detection runs in parallel.
+    runs, so with N detectors the threads of one process can detect on N cores at once. Measured
+    on 2 cores (benchmarks/results/load.json): two workers with one detector each reach the
+    highest throughput, since the Python around detection then runs in parallel too.
     """
 
     def __init__(self, config: DetectorConfig | None = None, size: int = 1) -> None:
@@ -291,14 +291,14 @@ class DetectorPool:
             self._idle.put(d)
 
     def detect(self, rgb: NDArray[np.uint8]) -> list[DetectedFace]:
-        detector = self._idle.get()  # blocks while every graph is busy: bounded by the pool size
+        detector = self._idle.get()  # blocks while every detector is busy: bounded by the pool size
         try:
             return detector.detect(rgb)
         finally:
             self._idle.put(detector)
 
     def warm_up(self) -> None:
-        """Run every graph of every detector once, so no user request pays for their start."""
+        """Run every model of every detector once, so no user request pays for their start."""
         blank = np.full((256, 256, 3), 128, dtype=np.uint8)
         for d in self._all:
             d.detect(blank)

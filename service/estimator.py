@@ -44,7 +44,7 @@ class Estimator:
         self.info = ModelInfo(name=model.manifest.name, version=model.manifest.version)
 
     def warm_up(self) -> None:
-        # Runs every BlazeFace graph once so no user request pays for its start.
+        # Runs every BlazeFace model once so no user request pays for its start.
         self.detector.warm_up()
 
     def close(self) -> None:

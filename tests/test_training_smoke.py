@@ -177,10 +177,12 @@ def test_interrupted_training_resumes_from_its_last_epoch(tmp_path: Path) -> Non
     assert state["epoch"] == 2 and not (tmp_path / "last.tmp").exists()
 
 
-def test_int8_keeps_head_and_probabilities_float_and_tracks_the_float_model(tmp_path: Path) -> None:
-    """The quantiser must leave the classifier head and the flip-averaged probability arithmetic
-    in float32: uint8 probabilities (steps of 1/255) rounded most of 101 classes to zero."""
+def test_int8_weights_use_seven_bits_and_track_the_float_model(tmp_path: Path) -> None:
+    """reduce_range: int8 weights within [-64, 64], so onnxruntime's uint8 x int8 kernels cannot
+    overflow their int16 pair sums (2 x 255 x 64 < 32768) on CPUs without VNNI (that overflow
+    cost 2.1.0's int8 file +0.65 test MAE)."""
     import onnx
+    from onnx import numpy_helper
 
     from training.export import FlipAveraged, fp32_graph, quantize_int8, store_weights_fp16
 
@@ -193,16 +195,14 @@ def test_int8_keeps_head_and_probabilities_float_and_tracks_the_float_model(tmp_
     calib = rng.uniform(-1, 1, (64, 3, 64, 64)).astype(np.float32)
     int8 = tmp_path / "tta.int8.onnx"
     quantize_int8(fp32_graph(fp16, tmp_path / "f32.onnx"), int8, calib)
-    graph = onnx.load(str(int8)).graph
-    produced_by = {out: n for n in graph.node for out in n.output}
-    quantized_inputs = {
-        produced_by[n.input[0]].op_type
-        for n in graph.node
-        if n.op_type == "QuantizeLinear" and n.input[0] in produced_by  # else: the graph's input
-    }
-    assert "Conv" in {n.op_type for n in graph.node}
-    assert not quantized_inputs & {"Gemm", "Softmax", "Mul", "Log"}
-    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) >= 10  # the backbone is quantised
+    weights = [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(int8)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8
+    ]
+    assert len(weights) >= 10  # every conv of the backbone
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    assert max(int(np.abs(w).max()) for w in weights) >= 60  # the 7-bit range is used, not wasted
     x = rng.uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32)
     p_float, p_int8 = (
         torch.softmax(
