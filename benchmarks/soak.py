@@ -44,10 +44,14 @@ def main() -> None:
     ap.add_argument("--rate", type=float, help="req/s (default: 80 %% of load.json's maximum)")
     ap.add_argument("--seconds", type=float, default=600.0)
     ap.add_argument("--every", type=float, default=5.0, help="seconds between memory samples")
+    ap.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for the server"
+    )
     args = ap.parse_args()
     rate = args.rate or default_rate(args.workers, args.detectors)
     curve: list[dict[str, float]] = []
-    with server(args.workers, {"AGELENS_DETECTOR_INSTANCES": str(args.detectors)}) as srv:
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    with server(args.workers, {"AGELENS_DETECTOR_INSTANCES": str(args.detectors), **extra_env}) as srv:
 
         def sample(elapsed: float) -> None:
             if not curve or elapsed - curve[-1]["t"] >= args.every:
@@ -62,6 +66,7 @@ def main() -> None:
         "what": "POST /estimate, one-face 640x480 JPEG, fixed-rate schedule, server on loopback",
         "workers": args.workers,
         "detector_instances": args.detectors,
+        "server_env": extra_env,
         "offered_rps": rate,
         "seconds": args.seconds,
         "load": result,
