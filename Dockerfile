@@ -33,6 +33,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     GLOG_minloglevel=2 \
+    MALLOC_ARENA_MAX=2 \
     AGELENS_MODEL_STORE=/models
 RUN useradd --create-home --uid 10001 agelens
 COPY --from=build /opt/venv /opt/venv

@@ -22,8 +22,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# MALLOC_ARENA_MAX=2: glibc otherwise gives new worker threads new malloc arenas, and the RSS
+# kept climbing through a 10-minute soak (benchmarks/results/soak_no_arena_cap.json).
 serve: $(STAMP)
-	$(BIN)/agelens serve --host $(HOST) --port $(PORT)
+	MALLOC_ARENA_MAX=$${MALLOC_ARENA_MAX:-2} $(BIN)/agelens serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
