@@ -56,7 +56,8 @@ async def run_in_turn(request: Request, fn: Callable[P, R], *args: P.args, **kwa
 
     Without this, every admitted request got a thread at once and they raced for the detector's
     lock, which is not fair: under a closed-loop load some requests waited for seconds while
-    others were served (measured: p99 1.3 s against p50 93 ms at 8 connections on one worker).
+    others were served (8 clients on one worker, benchmarks/results/load.json: p99 771 ms
+    before, 225 ms with turns).
     asyncio.Semaphore wakes its waiters first come, first served, and the threads that do run no
     longer contend for the GIL with idle ones.
     """

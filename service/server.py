@@ -6,10 +6,10 @@ Several workers are not run with uvicorn's own supervisor, for two measured reas
 * uvicorn binds one socket for all its workers with `proto` 0 (uvicorn issue #3149); accepted
   connections inherit it, and asyncio turns on TCP_NODELAY only for sockets that say
   IPPROTO_TCP. Nagle's algorithm then held each keep-alive response until the client's delayed
-  ACK: p50 55 ms seen by the client for 7 ms of work.
+  ACK, ~40 ms on Linux (2 workers at 40 req/s: p50 75 ms before, 22 ms now; load.json).
 * On one shared socket, whichever worker wakes first accepts every pending connection in a loop
   (asyncio accepts up to `backlog` per wake-up), so a burst of new keep-alive connections lands
-  on one worker while the other idles: the same server measured 78 to 195 req/s from run to run.
+  on one worker while the other idles, and throughput varied from run to run by more than 2x.
 
 So each worker binds its own socket with SO_REUSEPORT, and the kernel spreads new connections
 over the workers' sockets by a hash of the connection, and every socket is created as TCP.
