@@ -143,11 +143,12 @@ def weighted_nms(
 class BlazeFaceModel:
     """One BlazeFace variant on one LiteRT interpreter (one thread at a time)."""
 
-    def __init__(self, selection: int, model_dir: Path | None = None) -> None:
+    def __init__(self, selection: int, min_score: float = 0.0, model_dir: Path | None = None) -> None:
         # Imported here so that importing agelens.faces stays cheap for code that never detects.
         from ai_edge_litert.interpreter import Interpreter
 
         self.spec = SPECS[selection]
+        self.min_score = min_score
         path = (model_dir or mediapipe_model_dir()) / self.spec.filename
         if not path.is_file():
             raise RuntimeError(f"BlazeFace model missing: {path}")
@@ -156,9 +157,8 @@ class BlazeFaceModel:
         self._interp = Interpreter(model_path=str(path), num_threads=1)
         self._interp.allocate_tensors()
         self._input = self._interp.get_input_details()[0]["index"]
-        outputs = {d["name"]: d for d in self._interp.get_output_details()}
         # The regressor output has 16 values per anchor, the classifier 1; names differ per file.
-        by_width = {int(d["shape"][-1]): d["index"] for d in outputs.values()}
+        by_width = {int(d["shape"][-1]): d["index"] for d in self._interp.get_output_details()}
         self._regressors, self._scores = by_width[4 + 2 * NUM_KEYPOINTS], by_width[1]
         self.anchors = ssd_anchors(self.spec)
 
@@ -182,7 +182,7 @@ class BlazeFaceModel:
         x = square.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
         return x[None], side, left, top
 
-    def detect(self, rgb: NDArray[np.uint8], min_score: float = 0.0) -> list[RawDetection]:
+    def detect(self, rgb: NDArray[np.uint8]) -> list[RawDetection]:
         """Faces in an RGB uint8 image; boxes and keypoints relative to its width and height.
 
         Candidates above the model's own `candidate_score` are merged by weighted NMS exactly
@@ -209,8 +209,12 @@ class BlazeFaceModel:
         to_img = np.array([side / w, side / h], dtype=np.float32)
         offset = np.array([left / w, top / h], dtype=np.float32)
         out = weighted_nms(boxes.astype(np.float32), kps.astype(np.float32), scores, NMS_IOU)
-        out = [d for d in out if d.score >= min_score]
+        out = [d for d in out if d.score >= self.min_score]
         for d in out:
             d.box = (d.box.reshape(2, 2) * to_img - offset).ravel()
             d.keypoints = d.keypoints * to_img - offset
         return out
+
+    def close(self) -> None:
+        """Nothing to release (the interpreter is freed with the object); here so that both
+        detector backends share one interface."""

@@ -160,21 +160,7 @@ class _MediaPipeGraph:
         self._graph.close()
 
 
-class _LiteRTBlazeFace:
-    """The same BlazeFace model files run directly on LiteRT (agelens.blazeface)."""
-
-    def __init__(self, selection: int, min_score: float) -> None:
-        self._model = BlazeFaceModel(selection)
-        self._min_score = min_score
-
-    def detect(self, rgb: NDArray[np.uint8]) -> list[RawDetection]:
-        return self._model.detect(rgb, self._min_score)
-
-    def close(self) -> None:
-        pass
-
-
-DETECTOR_BACKENDS = {"litert": _LiteRTBlazeFace, "mediapipe": _MediaPipeGraph}
+DETECTOR_BACKENDS = {"litert": BlazeFaceModel, "mediapipe": _MediaPipeGraph}
 
 
 class FaceDetector:
@@ -185,10 +171,10 @@ class FaceDetector:
         self.config = config or DetectorConfig()
         if self.config.backend not in DETECTOR_BACKENDS:
             raise ValueError(f"unknown detector backend {self.config.backend!r}")
-        self._models: dict[int, _LiteRTBlazeFace | _MediaPipeGraph] = {}
+        self._models: dict[int, BlazeFaceModel | _MediaPipeGraph] = {}
         self._locks: dict[int, threading.Lock] = {0: threading.Lock(), 1: threading.Lock()}
 
-    def _model(self, selection: int) -> _LiteRTBlazeFace | _MediaPipeGraph:
+    def _model(self, selection: int) -> BlazeFaceModel | _MediaPipeGraph:
         if selection not in self._models:
             backend = DETECTOR_BACKENDS[self.config.backend]
             self._models[selection] = backend(selection, self.config.min_score)

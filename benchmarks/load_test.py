@@ -127,11 +127,16 @@ def wrk_closed_loop(url: str, data: bytes, connections: int, seconds: float) -> 
             "AGELENS_WRK_BODY": fh.name,
             "AGELENS_WRK_CONTENT_TYPE": headers["content-type"],
         }
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "10s", "-s"]
         target = f"{url}/estimate?distribution=true"
-        # A short warm-up run first, so every worker has answered before the measured one.
-        subprocess.run([*cmd[:3], "-d2s", *cmd[4:], str(WRK_SCRIPT), target], env=env, capture_output=True)
-        out = subprocess.run([*cmd, str(WRK_SCRIPT), target], env=env, capture_output=True, text=True)
+
+        def wrk(duration_s: int) -> subprocess.CompletedProcess[str]:
+            cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "10s"]
+            return subprocess.run(
+                [*cmd, "-s", str(WRK_SCRIPT), target], env=env, capture_output=True, text=True
+            )
+
+        wrk(2)  # a short warm-up run first, so every worker has answered before the measured one
+        out = wrk(int(seconds))
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("AGELENS_JSON ")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]} {out.stderr[-2000:]}")

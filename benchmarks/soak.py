@@ -29,11 +29,9 @@ def default_rate(workers: int, detectors: int) -> float:
     run = next(
         r for r in load["runs"] if r["workers"] == workers and r.get("detector_instances") == detectors
     )
-    closed = run["closed_loop"]
-    if isinstance(closed, list):
-        # The soak drives the server with the httpx generator, which shares the 2 cores and
-        # costs more CPU per request than wrk: 80 % of what the server reached *with httpx*.
-        closed = next(c for c in closed if c.get("generator", "httpx") == "httpx")
+    # The soak drives the server with the httpx generator, which shares the 2 cores and costs
+    # more CPU per request than wrk: 80 % of what the server reached *with httpx*.
+    closed = next(c for c in run["closed_loop"] if c["generator"] == "httpx")
     return round(0.8 * closed["throughput_rps"], 1)
 
 

@@ -15,6 +15,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from agelens.ages import softmax
 from agelens.manifest import (
     MANIFEST_FILENAME,
     AlignmentSpec,
@@ -24,6 +25,8 @@ from agelens.manifest import (
     sha256_file,
 )
 from training.augment import normalise, to_float
+from training.dataset import CachedData
+from training.evaluate import compute_metrics
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,24 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: NDArray[np.floa
         reduce_range=True,
     )
     pre.unlink(missing_ok=True)
+
+
+def int8_variant(
+    fp32_path: Path, int8_path: Path, data: CachedData, norm: Normalisation, ages: NDArray[np.float64]
+) -> dict[str, str | float | int]:
+    """Quantise `fp32_path` (calibrated on the first 512 val crops), measure the int8 file on the
+    test split, and return the manifest notes that describe it."""
+    calib = normalise(to_float(data.val.crops[:512]), norm).numpy()
+    quantize_int8(fp32_path, int8_path, calib)
+    q_logits = onnx_logits(onnx_session(int8_path), data.test.crops, norm)
+    qm = compute_metrics(softmax(q_logits), data.test.ages.numpy(), ages)
+    return {
+        "int8_file": int8_path.name,
+        "int8_sha256": sha256_file(int8_path),
+        "int8_bytes": int8_path.stat().st_size,
+        "int8_test_mae": qm.mae,
+        "int8_test_cs5": qm.cs5,
+    }
 
 
 def register(

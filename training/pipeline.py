@@ -277,7 +277,7 @@ def export_classifier(
     flip_tta: bool | None = None,
 ) -> Path:
     """Export to ONNX, evaluate the ONNX file on test, calibrate on val, and register."""
-    from training.export import export_onnx, onnx_logits, onnx_session, parity, quantize_int8, register
+    from training.export import export_onnx, int8_variant, onnx_logits, onnx_session, parity, register
 
     ex = cfg.export
     work = cfg.run_dir / "export" / version
@@ -332,20 +332,7 @@ def export_classifier(
         notes["fp32_weights_onnx_bytes"] = fp32_path.stat().st_size
         notes["fp32_onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
     if quantize if quantize is not None else ex.quantize:
-        int8_path = work / "model.int8.onnx"
-        calib = normalise(to_float(data.val.crops[:512]), NORM).numpy()
-        quantize_int8(fp32_path, int8_path, calib)
-        q_logits = onnx_logits(onnx_session(int8_path), data.test.crops, NORM)
-        qm = compute_metrics(softmax(q_logits), data.test.ages.numpy(), AGES)
-        notes.update(
-            {
-                "int8_file": "model.int8.onnx",
-                "int8_sha256": sha256_file(int8_path),
-                "int8_bytes": int8_path.stat().st_size,
-                "int8_test_mae": qm.mae,
-                "int8_test_cs5": qm.cs5,
-            }
-        )
+        notes.update(int8_variant(fp32_path, work / "model.int8.onnx", data, NORM, AGES))
     split_sha = sha256_file(cfg.data.split) if cfg.data.split.exists() else ""
     card = render_card(
         ex.name, version, description, metrics, demo, params, notes, temperature, data.spec, extra_card

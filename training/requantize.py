@@ -20,26 +20,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from agelens.ages import softmax
-from agelens.faces import normalise
-from agelens.manifest import MANIFEST_FILENAME, AgeBand, ModelManifest, sha256_file
+from agelens.manifest import MANIFEST_FILENAME, AgeBand, ModelManifest
 from training.dataset import load_data
 from training.evaluate import compute_metrics
-from training.export import fp32_graph, quantize_int8
+from training.export import fp32_graph, int8_variant, onnx_logits, onnx_session
 from training.model_card import render_card
 
 log = logging.getLogger(__name__)
-
-
-def _test_probabilities(path: Path, manifest: ModelManifest, crops: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits = [
-        sess.run(None, {manifest.input_name: normalise(crops[i : i + 256], manifest.normalisation)})[0]
-        for i in range(0, len(crops), 256)
-    ]
-    return softmax(np.concatenate(logits))
 
 
 def requantize(source: Path, version: str, cache: Path) -> Path:
@@ -48,12 +37,12 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
     if data.spec != manifest.alignment:
         raise ValueError("the cache was built with other alignment parameters than the model's manifest")
     ages = np.asarray(manifest.ages, dtype=np.float64)
-    test_crops, test_ages = data.test.crops.numpy(), data.test.ages.numpy()
+    norm = manifest.normalisation
 
     # The float model on this cache must give the metrics its manifest records: else the cache
     # (or the face pipeline that built it) differs from the one the model was measured with.
-    fp32_probs = _test_probabilities(source / manifest.file, manifest, test_crops)
-    fp32_mae = compute_metrics(fp32_probs, test_ages, ages).mae
+    fp32_logits = onnx_logits(onnx_session(source / manifest.file), data.test.crops, norm)
+    fp32_mae = compute_metrics(softmax(fp32_logits), data.test.ages.numpy(), ages).mae
     if abs(fp32_mae - manifest.metrics.mae) > 0.01:
         raise ValueError(
             f"{source}: test MAE {fp32_mae:.4f} on this cache, its manifest says {manifest.metrics.mae:.4f}"
@@ -62,22 +51,16 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
     dest = source.parent / version
     dest.mkdir(parents=True, exist_ok=False)
     shutil.copyfile(source / manifest.file, dest / manifest.file)
-    int8_name = "model.int8.onnx"
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = fp32_graph(source / manifest.file, Path(tmp) / "fp32.onnx")
-        calib = normalise(data.val.crops[:512].numpy(), manifest.normalisation)
-        quantize_int8(fp32, dest / int8_name, calib)
-    q = compute_metrics(_test_probabilities(dest / int8_name, manifest, test_crops), test_ages, ages)
+        int8_notes = int8_variant(fp32, dest / "model.int8.onnx", data, norm, ages)
+    q_mae = int8_notes["int8_test_mae"]
     old_int8_mae = manifest.notes.get("int8_test_mae")
     notes = {
         **manifest.notes,
-        "int8_file": int8_name,
-        "int8_sha256": sha256_file(dest / int8_name),
-        "int8_bytes": (dest / int8_name).stat().st_size,
-        "int8_test_mae": q.mae,
-        "int8_test_cs5": q.cs5,
+        **int8_notes,
         "derived_from": f"{manifest.name} {manifest.version}: same float file; int8 re-quantised with "
-        f"7-bit weights (reduce_range) (int8 test MAE {old_int8_mae} -> {q.mae})",
+        f"7-bit weights (reduce_range) (int8 test MAE {old_int8_mae} -> {q_mae})",
     }
     new = manifest.model_copy(
         update={
@@ -94,7 +77,7 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
         f"\n## Version history\n- {version}: the float file of {manifest.version}, byte for byte; its int8 "
         "variant re-quantised with 7-bit weights (reduce_range), which onnxruntime's uint8 x int8 kernels "
         f"cannot overflow on CPUs without VNNI (int8 test MAE {old_int8_mae} in {manifest.version} -> "
-        f"{q.mae}).\n"
+        f"{q_mae}).\n"
     )
     card = render_card(
         new.name,
@@ -109,5 +92,5 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
         extra,
     )
     (dest / "MODEL_CARD.md").write_text(card)
-    log.info("registered %s/%s: int8 test MAE %.4f (float %.4f)", new.name, version, q.mae, fp32_mae)
+    log.info("registered %s/%s: int8 test MAE %.4f (float %.4f)", new.name, version, q_mae, fp32_mae)
     return dest
