@@ -43,6 +43,7 @@ class Timings(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     version: str
+    variant: str | None = Field(None, description="Which ONNX file of the version answered: fp32 or int8")
 
 
 class EstimateResponse(BaseModel):

@@ -29,9 +29,14 @@ from service.app import load_estimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 # Both detector backends with both useful model choices ("full" alone misses this close-up face),
-# so the cost of each is on record side by side.
+# and both model files on the default backend, so the cost of each is on record side by side.
 CONFIGS = [
-    {"detector_backend": b, "detector_model": m} for b in ("litert", "mediapipe") for m in ("auto", "short")
+    *(
+        {"detector_backend": "litert", "detector_model": m, "model_variant": v}
+        for v in ("fp32", "int8")
+        for m in ("auto", "short")
+    ),
+    *({"detector_backend": "mediapipe", "detector_model": m} for m in ("auto", "short")),
 ]
 
 
@@ -58,6 +63,7 @@ def measure(settings: Settings, n: int) -> dict:
         "model": f"{r.model.name} {r.model.version}",
         "detector_backend": settings.detector_backend,
         "detector": settings.detector_model,
+        "model_variant": est.model.variant,
         "ort_threads": settings.ort_threads,
         "age": r.faces[0].age,
         "median_ms": {k: round(statistics.median(v), 3) for k, v in rows.items()},

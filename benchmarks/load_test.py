@@ -1,12 +1,14 @@
-"""Load over real HTTP: `agelens serve` on loopback, driven by wrk and an async httpx generator.
+"""Load over real HTTP: `agelens serve` on loopback, driven by wrk and an async aiohttp generator.
 
 For each server configuration it measures
   * closed loop with wrk (Debian's package; C, epoll): `--concurrency` connections back to back
     for `--seconds`: the maximum throughput. wrk costs far less CPU per request than a Python
     client, which matters when the generator shares the 2 cores with the server;
-  * closed loop with the httpx generator, the same way (skipped with --no-httpx-closed);
+  * closed loop with the aiohttp generator, the same way (skipped with --no-python-closed);
   * open loop: requests sent on a fixed schedule at `--rate` req/s; latency counts from the
     scheduled send time, so a stalled server cannot hide its queue (no coordinated omission).
+    Debian has no wrk2, so the open loop is Python: aiohttp (C HTTP parser) on uvloop, which
+    costs a fraction of the CPU httpx did per request, CPU the server shares on this machine.
 The photo is the one-face 640x480 JPEG of e2e_latency.py; every 200 response is checked to hold
 exactly one face (wrk: benchmarks/wrk_post.lua). The load generator shares the 2 cores with the
 server, as a sidecar would.
@@ -29,8 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import photo, server
@@ -72,21 +76,22 @@ class Recorder:
 
 
 async def one(
-    client: httpx.AsyncClient, body: bytes, headers: dict[str, str], rec: Recorder, t0: float
+    client: aiohttp.ClientSession, body: bytes, headers: dict[str, str], rec: Recorder, t0: float
 ) -> None:
     try:
-        r = await client.post("/estimate?distribution=true", content=body, headers=headers)
-        status = str(r.status_code)
-        if r.status_code == 200 and len(r.json()["faces"]) != 1:
+        async with client.post("/estimate?distribution=true", data=body, headers=headers) as r:
+            payload = await r.read()
+        status = str(r.status)
+        if r.status == 200 and len(json.loads(payload)["faces"]) != 1:
             rec.bad_bodies += 1
-    except httpx.HTTPError as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         status = type(exc).__name__
     rec.add(status, (time.perf_counter() - t0) * 1e3)
 
 
-def client(url: str) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    return httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0)
+def client(url: str) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=512, force_close=False)
+    return aiohttp.ClientSession(base_url=url, connector=connector, timeout=aiohttp.ClientTimeout(total=30.0))
 
 
 async def closed_loop(url: str, data: bytes, concurrency: int, seconds: float) -> dict:
@@ -106,7 +111,7 @@ async def closed_loop(url: str, data: bytes, concurrency: int, seconds: float) -
         elapsed = time.perf_counter() - start
     return {
         "mode": "closed",
-        "generator": "httpx",
+        "generator": "aiohttp",
         "concurrency": concurrency,
         "seconds": round(elapsed, 1),
         **rec.summary(elapsed),
@@ -197,11 +202,14 @@ def main() -> None:
         help="WORKERSxDETECTORS: uvicorn workers x face detectors per worker (AGELENS_DETECTOR_INSTANCES)",
     )
     ap.add_argument("--backend", default="litert", choices=["litert", "mediapipe"])
-    ap.add_argument("--no-httpx-closed", action="store_true", help="closed loop with wrk only")
+    ap.add_argument("--no-python-closed", action="store_true", help="closed loop with wrk only")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--rates", type=float, nargs="+", default=[40.0, 100.0], help="open-loop req/s")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--detector", default="auto", choices=["auto", "short", "full"])
+    ap.add_argument(
+        "--variant", default="auto", choices=["auto", "fp32", "int8"], help="AGELENS_MODEL_VARIANT"
+    )
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk (Debian's package)")
@@ -213,20 +221,27 @@ def main() -> None:
             "AGELENS_DETECTOR_MODEL": args.detector,
             "AGELENS_DETECTOR_BACKEND": args.backend,
             "AGELENS_DETECTOR_INSTANCES": str(detectors),
+            "AGELENS_MODEL_VARIANT": args.variant,
         }
         with server(workers, env) as srv:
+            model = httpx.get(f"{srv.url}/ready").json()["model"]  # the version and file answering
             closed = [wrk_closed_loop(srv.url, data, args.concurrency, args.seconds)]
-            if not args.no_httpx_closed:
-                closed.append(asyncio.run(closed_loop(srv.url, data, args.concurrency, args.seconds)))
-            opened = [asyncio.run(open_loop(srv.url, data, rate, args.seconds)) for rate in args.rates]
+            if not args.no_python_closed:
+                closed.append(uvloop.run(closed_loop(srv.url, data, args.concurrency, args.seconds)))
+            opened = [uvloop.run(open_loop(srv.url, data, rate, args.seconds)) for rate in args.rates]
         runs.append(
-            {"workers": workers, "detector_instances": detectors, "closed_loop": closed, "open_loop": opened}
+            {
+                "workers": workers,
+                "detector_instances": detectors,
+                "model": model,
+                "closed_loop": closed,
+                "open_loop": opened,
+            }
         )
         print(
             f"workers={workers} detectors={detectors}: "
             + "; ".join(
-                f"closed ({c.get('generator', 'httpx')}) {c['throughput_rps']} req/s p99 {c['p99_ms']} ms"
-                for c in closed
+                f"closed ({c['generator']}) {c['throughput_rps']} req/s p99 {c['p99_ms']} ms" for c in closed
             )
             + "; "
             + "; ".join(
@@ -240,10 +255,11 @@ def main() -> None:
         json.dumps(
             {
                 "what": "POST /estimate, one-face 640x480 JPEG, distribution included, server on loopback",
-                "generator": "closed loop: wrk (1 thread) and async httpx; open loop: async httpx;"
-                " each in one process on the same machine",
+                "generator": "closed loop: wrk (1 thread) and aiohttp on uvloop; open loop: aiohttp on"
+                " uvloop; each in one process on the same machine",
                 "detector": args.detector,
                 "detector_backend": args.backend,
+                "model_variant": args.variant,
                 "cpu_count": os.cpu_count(),
                 "machine": platform.machine(),
                 "runs": runs,

@@ -1,7 +1,7 @@
 """Soak: a fixed request rate for ten minutes against `agelens serve`, sampling the server's memory.
 
 The rate defaults to 80 % of the closed-loop maximum that load_test.py measured with the same
-(httpx) generator for the same number of workers (benchmarks/results/load.json); by default 2
+(aiohttp) generator for the same number of workers (benchmarks/results/load.json); by default 2
 workers with one detector each, the fastest configuration on 2 cores. The resident memory of
 the server process and its children is summed every 5 s; the result gives start (after
 warm-up), peak and end, the whole curve, and every non-200 answer (there should be none).
@@ -12,10 +12,11 @@ warm-up), peak and end, the whole curve, and every non-200 answer (there should 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
+
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import photo, server, tree_rss_mb
@@ -29,9 +30,9 @@ def default_rate(workers: int, detectors: int) -> float:
     run = next(
         r for r in load["runs"] if r["workers"] == workers and r.get("detector_instances") == detectors
     )
-    # The soak drives the server with the httpx generator, which shares the 2 cores and costs
-    # more CPU per request than wrk: 80 % of what the server reached *with httpx*.
-    closed = next(c for c in run["closed_loop"] if c["generator"] == "httpx")
+    # The soak drives the server with the Python generator, which shares the 2 cores and costs
+    # more CPU per request than wrk: 80 % of what the server reached *with that generator*.
+    closed = next(c for c in run["closed_loop"] if c["generator"] == "aiohttp")
     return round(0.8 * closed["throughput_rps"], 1)
 
 
@@ -55,7 +56,7 @@ def main() -> None:
             if not curve or elapsed - curve[-1]["t"] >= args.every:
                 curve.append({"t": round(elapsed, 1), "rss_mb": tree_rss_mb(srv.pid)["total"]})
 
-        result = asyncio.run(open_loop(srv.url, photo(), rate, args.seconds, sampler=sample))
+        result = uvloop.run(open_loop(srv.url, photo(), rate, args.seconds, sampler=sample))
         curve.append({"t": round(args.seconds, 1), "rss_mb": tree_rss_mb(srv.pid)["total"]})
         processes = tree_rss_mb(srv.pid)
     rss = [c["rss_mb"] for c in curve]

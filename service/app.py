@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         info = app.state.estimator.info
         log.info(
             "model ready",
-            extra={"model": info.name, "version": info.version, "variant": settings.model_variant},
+            extra={"model": info.name, "version": info.version, "variant": app.state.estimator.model.variant},
         )
         yield
         app.state.ready = False

@@ -19,14 +19,19 @@ R = TypeVar("R")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def get_estimator(request: Request) -> Estimator:
+# The checks below are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in its thread pool, two thread hand-offs per request that cost ~5 % of a worker's
+# CPU under load (py-spy profile of `agelens serve`, benchmarks/README.md).
+
+
+async def get_estimator(request: Request) -> Estimator:
     estimator: Estimator | None = getattr(request.app.state, "estimator", None)
     if estimator is None or not request.app.state.ready:
         raise ApiError(503, "not_ready", "the model is still loading", {"Retry-After": "2"})
     return estimator
 
 
-def check_api_key(request: Request, key: str | None = Security(_api_key_header)) -> None:
+async def check_api_key(request: Request, key: str | None = Security(_api_key_header)) -> None:
     expected = request.app.state.settings.api_key
     if expected and not (key and secrets.compare_digest(key, expected)):
         raise ApiError(

@@ -41,7 +41,7 @@ class Estimator:
             size=settings.detector_instances,
         )
         self.pipeline = FacePipeline(model.manifest.alignment, self.detector)
-        self.info = ModelInfo(name=model.manifest.name, version=model.manifest.version)
+        self.info = ModelInfo(name=model.manifest.name, version=model.manifest.version, variant=model.variant)
 
     def warm_up(self) -> None:
         # Runs every BlazeFace model once so no user request pays for its start.

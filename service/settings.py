@@ -17,7 +17,11 @@ class Settings(BaseSettings):
     model_store: Path = Field(REPO_ROOT / "model_store", description="Folder of <name>/<version>/ models")
     model_name: str = Field("agelens-student", description="Model to serve")
     model_version: str = Field("latest", description="Version to serve; 'latest' = highest version")
-    model_variant: str = Field("fp32", pattern="^(fp32|int8)$", description="Which ONNX file of the version")
+    model_variant: str = Field(
+        "auto",
+        pattern="^(auto|fp32|int8)$",
+        description="Which ONNX file of the version; auto = int8 where it is within 0.05 test MAE of fp32",
+    )
     ort_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime default)")
     max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1, description="Largest accepted request body")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted width*height")

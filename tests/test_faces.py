@@ -44,6 +44,30 @@ def test_similarity_transform_has_no_reflection() -> None:
     assert np.linalg.det(est[:, :2]) > 0
 
 
+def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Reference: Umeyama's SVD solution with the reflection excluded."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    sc, dc = src - mu_s, dst - mu_d
+    u, s, vt = np.linalg.svd(dc.T @ sc / len(src))
+    d = np.array([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt))])
+    rot = u @ np.diag(d) @ vt
+    scale = (s * d).sum() / ((sc**2).sum() / len(src))
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def test_similarity_transform_is_the_least_squares_solution_on_noisy_points() -> None:
+    # The closed form must match Umeyama's SVD method on keypoints with detector-like noise,
+    # and on hard cases (mirror images), so crops are exactly those the shipped model trained on.
+    rng = np.random.default_rng(0)
+    template = np.array([[19.6, 19.7], [44.4, 19.7], [32.0, 34.0], [32.0, 46.6]])
+    for i in range(200):
+        src = (
+            rng.uniform(0, 500, (4, 2)) if i % 2 else template * rng.uniform(1, 8) + rng.normal(0, 3, (4, 2))
+        )
+        dst = template if i % 3 else src * np.array([-1.0, 1.0])
+        assert np.allclose(similarity_transform(src, dst), umeyama(src, dst), atol=1e-7)
+
+
 def textured(h: int = 200, w: int = 200, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)

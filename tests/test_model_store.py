@@ -9,7 +9,13 @@ import pytest
 
 from agelens.faces import FacePipeline
 from agelens.manifest import ModelManifest, sha256_file
-from service.model import AgeModel, ModelNotFoundError, available_versions, resolve_model_dir
+from service.model import (
+    INT8_MAX_MAE_LOSS,
+    AgeModel,
+    ModelNotFoundError,
+    available_versions,
+    resolve_model_dir,
+)
 from tests.conftest import REPO, face_rgb, faces_in_test_split, needs_dataset
 
 STORE = REPO / "model_store"
@@ -68,7 +74,7 @@ def test_tampered_model_is_refused(tmp_path: Path) -> None:
 def test_shipped_models_on_real_faces(version: str) -> None:
     """Through the same FacePipeline as the service: fp32 is accurate, int8 agrees with fp32."""
     d = STORE / NAME / version
-    fp32 = AgeModel(d)
+    fp32 = AgeModel(d, "fp32")
     fp32.prepare()
     pipe = FacePipeline(fp32.manifest.alignment)
     faces = faces_in_test_split(0, 100, 4000)[::100]  # 40 faces spread over the split
@@ -90,3 +96,15 @@ def test_shipped_models_on_real_faces(version: str) -> None:
         # Measured on 1.0.0: int8 moves estimates by 1.7 years on average (+0.65 test MAE).
         assert float(np.abs(int8.get(batch).age - pred.age).mean()) < 2.5
         assert float(fp32.manifest.notes["int8_test_mae"]) < fp32.manifest.metrics.mae + 1.0
+
+
+def test_auto_variant_serves_int8_only_where_it_is_as_accurate() -> None:
+    # 2.2.0's int8 file is within 0.01 test MAE of its float file; 2.1.0's lost 0.65 (the
+    # quantiser problem fixed in 2.2.0), so "auto" must keep 2.1.0 on its float file.
+    assert AgeModel(STORE / NAME / "2.2.0").variant == "int8"
+    assert AgeModel(STORE / NAME / "2.1.0").variant == "fp32"
+    assert AgeModel(STORE / NAME / "2.1.0", "int8").variant == "int8"  # an explicit choice stands
+    for version in available_versions(STORE, NAME):
+        m = AgeModel(STORE / NAME / version)
+        loss = float(m.manifest.notes["int8_test_mae"]) - m.manifest.metrics.mae
+        assert (m.variant == "int8") == (loss <= INT8_MAX_MAE_LOSS), version

@@ -28,8 +28,12 @@ def render_card(
         int8 = (
             f"- int8 variant `{notes['int8_file']}`: {int(notes['int8_bytes']) / 1024:.0f} KiB, test MAE "
             f"{notes['int8_test_mae']:.2f}, CS@5 {notes['int8_test_cs5']:.3f} (static QDQ quantisation, "
-            "per-channel weights, calibrated on 512 val crops)\n"
+            "per-channel 7-bit weights, calibrated on 512 val crops)"
         )
+        if "int8_coverage90_calibrated" in notes:
+            cover = float(notes["int8_coverage90_calibrated"])
+            int8 += f"; its 90 % interval covers {cover:.1%} of test faces"
+        int8 += "\n"
     return f"""# Model card: {name} {version}
 
 {description}.

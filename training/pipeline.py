@@ -332,7 +332,7 @@ def export_classifier(
         notes["fp32_weights_onnx_bytes"] = fp32_path.stat().st_size
         notes["fp32_onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
     if quantize if quantize is not None else ex.quantize:
-        notes.update(int8_variant(fp32_path, work / "model.int8.onnx", data, NORM, AGES))
+        notes.update(int8_variant(fp32_path, work / "model.int8.onnx", data, NORM, AGES, temperature))
     split_sha = sha256_file(cfg.data.split) if cfg.data.split.exists() else ""
     card = render_card(
         ex.name, version, description, metrics, demo, params, notes, temperature, data.spec, extra_card

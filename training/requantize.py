@@ -53,7 +53,7 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
     shutil.copyfile(source / manifest.file, dest / manifest.file)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = fp32_graph(source / manifest.file, Path(tmp) / "fp32.onnx")
-        int8_notes = int8_variant(fp32, dest / "model.int8.onnx", data, norm, ages)
+        int8_notes = int8_variant(fp32, dest / "model.int8.onnx", data, norm, ages, manifest.temperature)
     q_mae = int8_notes["int8_test_mae"]
     old_int8_mae = manifest.notes.get("int8_test_mae")
     notes = {

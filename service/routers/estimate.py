@@ -9,6 +9,7 @@ from agelens.schemas import BatchItem, BatchResponse, ErrorBody, ErrorResponse, 
 from service.dependencies import check_api_key, concurrency_slot, get_estimator, run_in_turn
 from service.errors import ApiError, image_error
 from service.estimator import Estimator
+from service.responses import ModelResponse
 
 router = APIRouter(tags=["estimate"], dependencies=[Depends(check_api_key)])
 
@@ -49,14 +50,14 @@ async def estimate(
     estimator: Annotated[Estimator, Depends(get_estimator)],
     _slot: Annotated[None, Depends(concurrency_slot)],
     distribution: Distribution = True,
-) -> EstimateResponse:
+) -> ModelResponse:
     data = await image.read()
     try:
         result = await run_in_turn(request, estimator.estimate, data, distribution)
     except ValueError as exc:
         raise image_error(exc) from exc
     _observe(request, result)
-    return result
+    return ModelResponse(result)
 
 
 @router.post(
@@ -72,7 +73,7 @@ async def estimate_batch(
     estimator: Annotated[Estimator, Depends(get_estimator)],
     _slot: Annotated[None, Depends(concurrency_slot)],
     distribution: Distribution = True,
-) -> BatchResponse:
+) -> ModelResponse:
     limit = request.app.state.settings.max_batch_images
     if len(images) > limit:
         raise ApiError(413, "too_many_images", f"{len(images)} images sent; the limit is {limit} per batch")
@@ -89,6 +90,8 @@ async def estimate_batch(
             items.append(
                 BatchItem(index=i, filename=f.filename, error=ErrorBody(code=err.code, message=err.message))
             )
-    return BatchResponse(
-        model=estimator.info, items=items, total_ms=round((time.perf_counter() - started) * 1e3, 2)
+    return ModelResponse(
+        BatchResponse(
+            model=estimator.info, items=items, total_ms=round((time.perf_counter() - started) * 1e3, 2)
+        )
     )
