@@ -29,6 +29,8 @@ def test_health_and_ready(app_client) -> None:  # type: ignore[no-untyped-def]
     assert app_client.get("/health").json() == {"status": "ok"}
     ready = app_client.get("/ready").json()
     assert ready["ready"] is True and ready["model"]["name"] == "agelens-student"
+    # The newest version is served, on its int8 file (as accurate as its float file: "auto").
+    assert ready["model"]["variant"] == "int8"
 
 
 def test_openapi_documents_the_estimate_contract(app_client) -> None:  # type: ignore[no-untyped-def]
@@ -60,7 +62,7 @@ def test_one_face_full_response(app_client) -> None:  # type: ignore[no-untyped-
     mean = float(np.dot(dist["ages"], dist["probabilities"]))
     assert abs(mean - face["age"]) < 3.0  # the age is the distribution's expectation (at T=1)
     assert abs(face["age"] - true_age) < 15
-    assert body["model"]["version"]
+    assert body["model"]["version"] and body["model"]["variant"] in ("fp32", "int8")
     assert body["timings"]["total_ms"] > 0
 
 

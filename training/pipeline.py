@@ -220,6 +220,12 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     return rep
 
 
+def best_val_mae(history: Path) -> float:
+    """The best val MAE of a classifier run (the epoch its best.pt holds)."""
+    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+    return round(min(r["val_mae"] for r in rows), 4)
+
+
 ARMS = {
     "student_ce": (0.0, 0.0),
     "student_dk": (1.0, 0.0),
@@ -240,10 +246,14 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
         for seed in ab.seeds:
             scfg = cfg.student.model_copy(update={"epochs": ab.epochs, "seed": seed})
             dcfg = cfg.distill.model_copy(update={"alpha": ab.alpha * use_a, "beta": ab.beta * use_b})
-            rep = run_classifier(scfg, data, cfg.run_dir / "ablation" / f"{arm}_seed{seed}", targets, dcfg)
+            out_dir = cfg.run_dir / "ablation" / f"{arm}_seed{seed}"
+            rep = run_classifier(scfg, data, out_dir, targets, dcfg)
+            # The arms are compared on val (choices are made there, never on test).
+            rep["best_val_mae"] = best_val_mae(out_dir / "history.jsonl")
             runs.append(rep)
             log.info("ablation %s seed %d: test MAE %.3f", arm, seed, rep["mae"])
         maes = np.array([r["mae"] for r in runs])
+        vals = np.array([r["best_val_mae"] for r in runs])
         cs5s = np.array([r["cs5"] for r in runs])
         bands = {
             b["name"]: float(
@@ -256,10 +266,12 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
             "mae_std": round(float(maes.std(ddof=1)) if len(maes) > 1 else 0.0, 4),
             "cs5_mean": round(float(cs5s.mean()), 4),
             "cs5_std": round(float(cs5s.std(ddof=1)) if len(cs5s) > 1 else 0.0, 4),
+            "val_mae_mean": round(float(vals.mean()), 4),
+            "val_mae_std": round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, 4),
             "band_mae_mean": bands,
             "seeds": ab.seeds,
             "epochs": ab.epochs,
-            "runs": [{"mae": r["mae"], "cs5": r["cs5"]} for r in runs],
+            "runs": [{"mae": r["mae"], "cs5": r["cs5"], "best_val_mae": r["best_val_mae"]} for r in runs],
         }
     out = {"arms": results, "distill": cfg.distill.model_dump(), "student": cfg.student.model_dump()}
     _write_json(cfg.run_dir / "ablation" / "ablation.json", out)
