@@ -162,18 +162,24 @@ class BlazeFaceModel:
         self._regressors, self._scores = by_width[4 + 2 * NUM_KEYPOINTS], by_width[1]
         self.anchors = ssd_anchors(self.spec)
 
-    def _tensor(self, rgb: NDArray[np.uint8]) -> tuple[NDArray[np.float32], float, float, float]:
-        """Letterbox the image into the model's square input, as ImageToTensorCalculator does.
+    def _tensor(
+        self, rgb: NDArray[np.uint8], pad: int = 0
+    ) -> tuple[NDArray[np.float32], float, float, float]:
+        """Letterbox the image, with a black border of `pad` pixels on every side, into the
+        model's square input, as ImageToTensorCalculator does.
 
-        Returns the input tensor and the letterbox's (scale, left, top) in pixels of the image,
-        so tensor coordinates map back with x_img = x_tensor * side - left.
+        The border is sampled by the warp itself (a zero border reads the same values as a
+        padded copy, even under bilinear interpolation), so no padded copy of the photo is made:
+        that copy was 5 % of a worker's CPU with the short-range model (profile_server_short.txt).
+        Returns the input tensor and the letterbox's (side, left, top) in pixels of the padded
+        image, so tensor coordinates map back with x_padded = x_tensor * side - left.
         """
-        h, w = rgb.shape[:2]
+        h, w = rgb.shape[0] + 2 * pad, rgb.shape[1] + 2 * pad
         size = self.spec.input_size
         side = float(max(h, w))
         left, top = (side - w) / 2.0, (side - h) / 2.0
         s = size / side
-        m = np.array([[s, 0.0, left * s], [0.0, s, top * s]], dtype=np.float64)
+        m = np.array([[s, 0.0, (left + pad) * s], [0.0, s, (top + pad) * s]], dtype=np.float64)
         # Bilinear warp with a zero border, like MediaPipe's OpenCV image-to-tensor converter
         # (no area averaging: the model was trained on what MediaPipe feeds it).
         square = cv2.warpAffine(
@@ -182,13 +188,14 @@ class BlazeFaceModel:
         x = square.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
         return x[None], side, left, top
 
-    def detect(self, rgb: NDArray[np.uint8]) -> list[RawDetection]:
-        """Faces in an RGB uint8 image; boxes and keypoints relative to its width and height.
+    def detect(self, rgb: NDArray[np.uint8], pad: int = 0) -> list[RawDetection]:
+        """Faces in an RGB uint8 image bordered by `pad` black pixels on every side; boxes and
+        keypoints relative to the bordered image's width and height.
 
         Candidates above the model's own `candidate_score` are merged by weighted NMS exactly
         as in MediaPipe's graph; `min_score` then drops merged faces below it.
         """
-        x, side, left, top = self._tensor(rgb)
+        x, side, left, top = self._tensor(rgb, pad)
         self._interp.set_tensor(self._input, x)
         self._interp.invoke()
         raw = self._interp.get_tensor(self._regressors)[0]
@@ -204,7 +211,7 @@ class BlazeFaceModel:
         half = raw[:, 2:4] / 2.0
         boxes = np.concatenate([centre - half, centre + half], axis=1)
         kps = raw[:, 4:].reshape(-1, NUM_KEYPOINTS, 2) + anchors[:, None, :]
-        h, w = rgb.shape[:2]
+        h, w = rgb.shape[0] + 2 * pad, rgb.shape[1] + 2 * pad
         # Tensor-relative -> image-relative: undo the letterbox.
         to_img = np.array([side / w, side / h], dtype=np.float32)
         offset = np.array([left / w, top / h], dtype=np.float32)

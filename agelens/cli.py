@@ -95,6 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import STAGES, run_pipeline
 
     cfg = PipelineConfig.load(Path(args.config))
+    if args.threads:
+        cfg = cfg.model_copy(update={"threads": args.threads})
     stages = args.stages.split(",") if args.stages else list(STAGES)
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -200,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--stages",
         help="comma-separated subset of: prepare,dk_teacher,ordinal_teacher,student,ablation,export",
+    )
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads, overriding the config (1 each runs two trainings side by side on 2 cores)",
     )
     t.set_defaults(func=cmd_train)
 

@@ -187,13 +187,16 @@ class FaceDetector:
         if scale < 1.0:
             small = cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
         sh, sw = small.shape[:2]
+        # Constant (black) border: a reflected border would mirror the face and create twins.
         p = round(pad * max(sh, sw))
-        if p > 0:
-            # Constant (black) border: a reflected border would mirror the face and create twins.
-            small = cv2.copyMakeBorder(small, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        ph, pw = small.shape[:2]
+        ph, pw = sh + 2 * p, sw + 2 * p
         with self._locks[selection]:
-            found = self._model(selection).detect(small)
+            model = self._model(selection)
+            if isinstance(model, BlazeFaceModel):
+                found = model.detect(small, pad=p)  # the warp samples the border: no copy
+            else:
+                bordered = cv2.copyMakeBorder(small, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+                found = model.detect(bordered)
         faces: list[DetectedFace] = []
         size = np.array([pw, ph], dtype=np.float32)
         for det in found:

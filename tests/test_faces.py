@@ -235,6 +235,31 @@ def test_litert_blazeface_reproduces_the_mediapipe_graph(selection: int) -> None
 
 
 @needs_dataset
+@pytest.mark.parametrize("selection", [0, 1])
+def test_litert_border_from_the_warp_equals_a_padded_copy(selection: int) -> None:
+    """`detect(rgb, pad=p)` samples the black border inside the letterbox warp instead of
+    copying the photo into a bordered one: the detections must be the copy's, bit for bit."""
+    from agelens.faces import DETECTOR_BACKENDS
+
+    model = DETECTOR_BACKENDS["litert"](selection, 0.5)
+    faces = [p for p, _ in faces_in_test_split(5, 80, 6)]
+    images = [face_rgb(p) for p, _ in faces_in_test_split(0, 100, 6)]
+    images += [_photo_with_faces(faces[:3], (900, 500), 0.6), _photo_with_faces(faces[3:], (640, 480), 0.4)]
+    found = 0
+    for rgb in images:
+        for pad in (0, 17, round(0.25 * max(rgb.shape[:2]))):
+            copy = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+            a, b = model.detect(rgb, pad=pad), model.detect(copy)
+            assert len(a) == len(b)
+            for da, db in zip(a, b, strict=True):
+                assert da.score == pytest.approx(db.score, abs=1e-6)
+                assert np.allclose(da.keypoints, db.keypoints, atol=1e-6)
+                assert np.allclose(da.box, db.box, atol=1e-6)
+                found += 1
+    assert found >= 10
+
+
+@needs_dataset
 def test_min_score_drops_weaker_faces() -> None:
     rgb = face_rgb(faces_in_test_split(30, 40, 1)[0][0])
     found = FaceDetector(DetectorConfig(model="short")).detect(rgb)
