@@ -170,7 +170,7 @@ class BlazeFaceModel:
 
         The border is sampled by the warp itself (a zero border reads the same values as a
         padded copy, even under bilinear interpolation), so no padded copy of the photo is made:
-        that copy was 5 % of a worker's CPU with the short-range model (profile_server_short.txt).
+        that copy stood out in the py-spy profile of a worker using the short-range model.
         Returns the input tensor and the letterbox's (side, left, top) in pixels of the padded
         image, so tensor coordinates map back with x_padded = x_tensor * side - left.
         """

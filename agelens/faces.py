@@ -319,9 +319,10 @@ def similarity_transform(src: NDArray[np.floating], dst: NDArray[np.floating]) -
 
     Returns a 2x3 matrix. In 2-D the least-squares problem is linear in (a, b) of the matrix
     [[a, -b], [b, a]], so it has a closed form: the same answer as Umeyama's SVD method (which
-    excludes reflections too), without an SVD call per face (~4 % of a server worker's CPU in
-    the py-spy profile). Written out because cv2.estimateAffinePartial2D is a robust
-    (RANSAC/LMedS) estimator: with four points it may ignore one, which makes crops jump.
+    excludes reflections too, tests/test_faces.py), without an SVD call per face, which stood
+    out in the py-spy profile of a server worker (benchmarks/profile_server.py). Written out
+    because cv2.estimateAffinePartial2D is a robust (RANSAC/LMedS) estimator: with four points
+    it may ignore one, which makes crops jump.
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)

@@ -20,8 +20,8 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 # The checks below are `async def` although they never await: FastAPI runs a plain `def`
-# dependency in its thread pool, two thread hand-offs per request that cost ~5 % of a worker's
-# CPU under load (py-spy profile of `agelens serve`, benchmarks/README.md).
+# dependency in its thread pool, two thread hand-offs per request that stood out in the py-spy
+# profile of a worker under load (benchmarks/profile_server.py).
 
 
 async def get_estimator(request: Request) -> Estimator:
