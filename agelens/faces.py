@@ -140,7 +140,11 @@ class _MediaPipeGraph:
         )
         self._min_score = min_score
 
-    def detect(self, rgb: NDArray[np.uint8]) -> list[RawDetection]:
+    def detect(self, rgb: NDArray[np.uint8], pad: int = 0) -> list[RawDetection]:
+        """Faces in `rgb` bordered by `pad` black pixels on every side, relative to the bordered
+        image (the LiteRT backend's contract; the graph needs the bordered copy itself)."""
+        if pad > 0:
+            rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
         result = self._graph.process(np.ascontiguousarray(rgb))
         out: list[RawDetection] = []
         for det in result.detections or []:
@@ -191,12 +195,7 @@ class FaceDetector:
         p = round(pad * max(sh, sw))
         ph, pw = sh + 2 * p, sw + 2 * p
         with self._locks[selection]:
-            model = self._model(selection)
-            if isinstance(model, BlazeFaceModel):
-                found = model.detect(small, pad=p)  # the warp samples the border: no copy
-            else:
-                bordered = cv2.copyMakeBorder(small, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-                found = model.detect(bordered)
+            found = self._model(selection).detect(small, pad=p)
         faces: list[DetectedFace] = []
         size = np.array([pw, ph], dtype=np.float32)
         for det in found:

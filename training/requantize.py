@@ -1,10 +1,10 @@
 """A new model-store version with a re-made int8 variant and the same float weights.
 
 Used when the quantiser changes but the network does not (2.1.0 -> 2.2.0: 7-bit weights, see
-export.quantize_int8). The float file
-is copied byte for byte, so the new version answers exactly as the old one; the int8 file is
-quantised again from it, calibrated on the first 512 val crops as the pipeline does, and
-evaluated on the cached test split. The old version stays in the store.
+export.quantize_int8). The float file is copied byte for byte, so the new version answers
+exactly as the old one; the int8 file is quantised again from it, calibrated on the first 512
+val crops as the pipeline does, and evaluated on the cached test split. The old version stays
+in the store.
 
     agelens requantize --from model_store/agelens-student/2.1.0 --version 2.2.0 \\
         --cache data/cache/utkface-64

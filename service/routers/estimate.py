@@ -40,7 +40,6 @@ def _observe(request: Request, result: EstimateResponse) -> None:
 @router.post(
     "/estimate",
     response_model=EstimateResponse,
-    response_model_exclude_none=True,
     responses=ERRORS,
     summary="Estimate the age of every face in one image",
 )
@@ -63,7 +62,6 @@ async def estimate(
 @router.post(
     "/estimate/batch",
     response_model=BatchResponse,
-    response_model_exclude_none=True,
     responses=ERRORS,
     summary="Estimate ages in several images; per-image errors do not fail the batch",
 )
