@@ -93,12 +93,13 @@ def _jpeg_fast_path(data: bytes, img: Image.Image) -> NDArray[np.uint8] | None:
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return None
     try:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        # Straight to RGB: no separate BGR -> RGB pass over the photo.
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+        rgb = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error:
         return None
-    if bgr is None or bgr.shape[:2] != (img.size[1], img.size[0]):
+    if rgb is None or rgb.shape[:2] != (img.size[1], img.size[0]):
         return None
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return apply_orientation(rgb, int(img.getexif().get(EXIF_ORIENTATION, 1)))
 
 

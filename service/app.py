@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import cv2
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
@@ -29,6 +30,11 @@ STATIC = Path(__file__).parent / "static"
 
 
 def load_estimator(settings: Settings) -> Estimator:
+    # OpenCV's default pool (one thread per core) splits full-image operations across threads
+    # that spin after every job: CPU the other worker needs, since each worker already keeps one
+    # core busy (benchmarks/results/opencv_threads.json: 1.8 ms of CPU per request beyond wall
+    # time with the previous decode's colour conversion on the pool; none with one thread).
+    cv2.setNumThreads(settings.opencv_threads or -1)
     model_dir = resolve_model_dir(settings.model_store, settings.model_name, settings.model_version)
     model = AgeModel(model_dir, settings.model_variant)
     model.prepare(threads=settings.ort_threads)

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
         description="Which ONNX file of the version; auto = int8 where it is within 0.05 test MAE of fp32",
     )
     ort_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime default)")
+    opencv_threads: int = Field(
+        1, ge=0, description="OpenCV threads for decoding and warps (0 = OpenCV default: one per core)"
+    )
     max_upload_bytes: int = Field(15 * 1024 * 1024, ge=1, description="Largest accepted request body")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted width*height")
     max_faces: int = Field(20, ge=1, description="Faces kept per image (largest first)")

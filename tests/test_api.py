@@ -299,3 +299,12 @@ def test_face_in_webp_and_16_bit_png(app_client) -> None:  # type: ignore[no-unt
     png16 = post(app_client, encode(Image.fromarray(gray16), "PNG")).json()["faces"]
     assert len(webp) == 1 and abs(webp[0]["age"] - ref) < 4
     assert len(png16) == 1 and abs(png16[0]["age"] - ref) < 12
+
+
+def test_opencv_runs_one_thread_per_worker(app_client) -> None:  # type: ignore[no-untyped-def]
+    # OpenCV's default pool spins a thread per core after each job, CPU the other worker needs
+    # (benchmarks/results/opencv_threads.json); the service sets it from AGELENS_OPENCV_THREADS.
+    import cv2
+
+    assert app_client.app.state.settings.opencv_threads == 1
+    assert cv2.getNumThreads() == 1
