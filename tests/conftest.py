@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,32 +85,34 @@ def server() -> Iterator[str]:
     """A real `agelens serve` process on a free loopback port (shared by the e2e, browser and fuzz tests)."""
     port = free_port()
     env = {**os.environ, "AGELENS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024), "GLOG_minloglevel": "2"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agelens.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode() if proc.stdout else ""
-                pytest.fail(f"server exited early ({proc.returncode}):\n{out[-3000:]}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("server did not become ready in 90 s")
-        yield url
-    finally:
-        proc.terminate()
+    # Its log goes to a file: a pipe nobody reads would block the server once its buffer fills.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agelens.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            while time.time() < deadline:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"server exited early ({proc.returncode}):\n{log.read().decode()[-3000:]}")
+                try:
+                    if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.3)
+            else:
+                pytest.fail("server did not become ready in 90 s")
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
