@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=int(os.environ.get("AGELENS_WORKERS", "1")),
-        help="compute processes behind the HTTP process (env AGELENS_WORKERS; one per core, see README)",
+        help="uvicorn worker processes (env AGELENS_WORKERS; one per core is fastest, see README)",
     )
     s.add_argument("--model-version", help="pin a version instead of the newest")
     s.set_defaults(func=cmd_serve)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-from service.loading import load_estimator  # noqa: E402
+from service.app import load_estimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 DATASET = Path(os.environ.get("AGELENS_UTKFACE", REPO.parent / "shared" / "datasets" / "utkface"))

@@ -25,7 +25,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import photo  # noqa: E402
 
-from service.loading import load_estimator  # noqa: E402
+from service.app import load_estimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 # Both detector backends with both useful model choices ("full" alone misses this close-up face),

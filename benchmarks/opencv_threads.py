@@ -52,7 +52,7 @@ def child(name: str) -> dict:
     from common import photo
 
     from agelens import imaging
-    from service.loading import load_estimator
+    from service.app import load_estimator
     from service.settings import Settings
 
     decode, threads = CONFIGS[name]

@@ -21,7 +21,7 @@ from pyinstrument import Profiler  # noqa: E402
 sys.path.insert(0, str(REPO / "benchmarks"))
 from common import photo  # noqa: E402
 
-from service.loading import load_estimator  # noqa: E402
+from service.app import load_estimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 

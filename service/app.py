@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import cv2
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from agelens import __version__
-from service.engine import make_engine
 from service.errors import install_error_handlers
+from service.estimator import Estimator
 from service.logging_config import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
+from service.model import AgeModel, resolve_model_dir
 from service.routers import estimate, health
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("agelens.service")
 STATIC = Path(__file__).parent / "static"
+
+
+def load_estimator(settings: Settings) -> Estimator:
+    # OpenCV's default pool (one thread per core) splits full-image operations across threads
+    # that spin after every job: CPU the other worker needs, since each worker already keeps one
+    # core busy (benchmarks/results/opencv_threads.json: 1.8 ms of CPU per request beyond wall
+    # time with the previous decode's colour conversion on the pool; none with one thread).
+    cv2.setNumThreads(settings.opencv_threads or -1)
+    model_dir = resolve_model_dir(settings.model_store, settings.model_name, settings.model_version)
+    model = AgeModel(model_dir, settings.model_variant)
+    model.prepare(threads=settings.ort_threads)
+    estimator = Estimator(model, settings)
+    estimator.warm_up()
+    return estimator
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,24 +49,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings)
-        await engine.start()
-        app.state.engine = engine
+        app.state.estimator = await run_in_threadpool(load_estimator, settings)
         app.state.ready = True
-        info = engine.info
-        assert info is not None
+        info = app.state.estimator.info
         log.info(
             "model ready",
-            extra={
-                "model": info.name,
-                "version": info.version,
-                "variant": info.variant,
-                "compute_processes": settings.workers if settings.workers > 1 else 0,
-            },
+            extra={"model": info.name, "version": info.version, "variant": app.state.estimator.model.variant},
         )
         yield
         app.state.ready = False
-        await engine.close()
+        app.state.estimator.close()
 
     app = FastAPI(
         title="agelens",
@@ -59,8 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.ready = False
-    app.state.engine = None
+    app.state.estimator = None
     app.state.in_flight = 0
+    # Requests admitted by concurrency_slot wait here, in arrival order, for one of as many
+    # processing turns as there are face detectors (see dependencies.run_in_turn).
+    app.state.turns = asyncio.Semaphore(settings.detector_instances)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(estimate.router)

@@ -1,26 +1,42 @@
-"""Running the app under uvicorn: one HTTP process; `--workers N` (N >= 2) gives it N compute
-processes (service.engine.ProcessEngine) that share the load request by request.
+"""Running the app under uvicorn, in one process or in several worker processes.
 
-Earlier releases ran N uvicorn processes on one port with SO_REUSEPORT. The kernel then pinned
-each keep-alive connection to one worker, so the load split as unevenly as the connections did,
-and a busy worker answered 503 while the other had room; see service/engine.py.
+Several workers are not run with uvicorn's own supervisor, for two measured reasons (both on the
+2-core machine, one-face photo, benchmarks/load_test.py):
+
+* uvicorn binds one socket for all its workers with `proto` 0 (uvicorn issue #3149); accepted
+  connections inherit it, and asyncio turns on TCP_NODELAY only for sockets that say
+  IPPROTO_TCP. Nagle's algorithm then held each keep-alive response until the client's delayed
+  ACK, ~40 ms on Linux (2 workers at 40 req/s: p50 75 ms before, 22 ms now; load.json).
+* On one shared socket, whichever worker wakes first accepts every pending connection in a loop
+  (asyncio accepts up to `backlog` per wake-up), so a burst of new keep-alive connections lands
+  on one worker while the other idles, and throughput varied from run to run by more than 2x.
+
+So each worker binds its own socket with SO_REUSEPORT, and the kernel spreads new connections
+over the workers' sockets by a hash of the connection, and every socket is created as TCP.
 """
 
 from __future__ import annotations
 
-import os
+import logging
+import multiprocessing
+import signal
+import socket
+import sys
+import threading
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
 
 import uvicorn
 
-# Exit code for a server that could not start (the model failed to load, the port is taken, ...).
+log = logging.getLogger("agelens.server")
+
+# uvicorn's exit code for a server that could not start (the model failed to load, ...).
 STARTUP_FAILURE = 3
 
 
-def serve(host: str, port: int, workers: int) -> int:
-    """Serve `service.app:create_app` until SIGINT or SIGTERM; returns the process exit code."""
-    # The app reads its settings from the environment (service/settings.py).
-    os.environ["AGELENS_WORKERS"] = str(max(1, workers))
-    config = uvicorn.Config(
+def _config(host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
         "service.app:create_app",
         factory=True,
         host=host,
@@ -28,6 +44,76 @@ def serve(host: str, port: int, workers: int) -> int:
         log_level="warning",
         access_log=False,  # our middleware logs every request as JSON, with its id
     )
-    server = uvicorn.Server(config)
-    server.run()
-    return 0 if server.started else STARTUP_FAILURE
+
+
+def worker_socket(host: str, port: int) -> socket.socket:
+    """A TCP listening socket that other workers can bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock  # uvicorn's server calls listen() on it
+
+
+def _run_worker(host: str, port: int) -> None:
+    server = uvicorn.Server(_config(host, port))
+    server.run(sockets=[worker_socket(host, port)])
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
+
+
+def _supervise(host: str, port: int, workers: int) -> int:
+    """Start `workers` processes, restart any that dies, stop them all on SIGINT or SIGTERM."""
+    ctx = multiprocessing.get_context("spawn")  # no fork: onnxruntime and LiteRT hold threads
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def start() -> BaseProcess:
+        p = ctx.Process(target=_run_worker, args=(host, port), name="agelens-worker")
+        p.start()
+        return p
+
+    procs = [start() for _ in range(workers)]
+    code = 0
+    while not stop.wait(0.5):
+        for i, p in enumerate(procs):
+            if p.is_alive():
+                continue
+            if p.exitcode == STARTUP_FAILURE:
+                # Restarting would fail the same way (a missing model, a taken port): give up.
+                log.error("worker %s could not start; stopping", p.pid)
+                stop.set()
+                code = STARTUP_FAILURE
+                break
+            log.warning("worker %s exited with code %s; starting another", p.pid, p.exitcode)
+            procs[i] = start()
+    for p in procs:
+        if p.is_alive():
+            p.terminate()  # SIGTERM: uvicorn finishes the requests in flight, then exits
+    deadline = time.monotonic() + 30
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+    return code
+
+
+def serve(host: str, port: int, workers: int) -> int:
+    """Serve `service.app:create_app` until interrupted; returns the process exit code."""
+    if workers <= 1:
+        server = uvicorn.Server(_config(host, port))
+        server.run()
+        return 0 if server.started else STARTUP_FAILURE
+    if port == 0:
+        raise ValueError("several workers need a fixed port (each binds it with SO_REUSEPORT)")
+    return _supervise(host, port, workers)

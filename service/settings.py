@@ -41,12 +41,6 @@ class Settings(BaseSettings):
     detector_instances: int = Field(
         1, ge=1, le=64, description="Face detectors per worker, so its requests detect in parallel"
     )
-    workers: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Compute processes; 1 = in the HTTP process (agelens serve --workers sets it)",
-    )
     interval_level: float = Field(0.9, gt=0.0, lt=1.0, description="Probability of the age interval")
     max_concurrency: int = Field(
         16, ge=1, description="Requests in progress or queued per worker; beyond -> 503"

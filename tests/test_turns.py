@@ -1,52 +1,43 @@
-"""LocalEngine's processing turns: at most one request per face detector runs at a time, first
-come first served."""
+"""The processing turns: at most one request per face detector runs at a time, first come first served."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from types import SimpleNamespace
 
-from service.engine import LocalEngine
-from service.settings import Settings
-
-
-class _SlowEstimator:
-    def __init__(self) -> None:
-        self.started: list[bytes] = []
-        self.running = 0
-        self.peak = 0
-        self.lock = threading.Lock()
-
-    def estimate(self, data: bytes, include_distribution: bool) -> bytes:
-        with self.lock:
-            self.running += 1
-            self.peak = max(self.peak, self.running)
-            self.started.append(data)
-        time.sleep(0.02)
-        with self.lock:
-            self.running -= 1
-        return data * 2
-
-
-def _run(turns: int) -> tuple[list[bytes], _SlowEstimator]:
-    async def main() -> tuple[list[bytes], _SlowEstimator]:
-        engine = LocalEngine(Settings(detector_instances=turns))
-        fake = _SlowEstimator()
-        engine._estimator = fake
-        tasks = []
-        for i in range(8):
-            tasks.append(asyncio.create_task(engine.estimate(bytes([i]), True)))
-            await asyncio.sleep(0)  # arrive one after another
-        return list(await asyncio.gather(*tasks)), fake  # type: ignore[arg-type]
-
-    return asyncio.run(main())
+from service.dependencies import run_in_turn
 
 
 def test_requests_run_in_arrival_order_and_never_more_than_the_turns() -> None:
-    results, fake = _run(1)
-    assert results == [bytes([i]) * 2 for i in range(8)]
-    assert fake.started == [bytes([i]) for i in range(8)] and fake.peak == 1
-    results, fake = _run(2)
-    assert fake.peak == 2 and fake.started[:2] == [b"\x00", b"\x01"]
-    assert sorted(fake.started) == [bytes([i]) for i in range(8)]
+    started: list[int] = []
+    running = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            started.append(i)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return i * 10
+
+    async def main(turns: int) -> list[int]:
+        request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(turns=asyncio.Semaphore(turns))))
+        tasks = []
+        for i in range(8):
+            tasks.append(asyncio.create_task(run_in_turn(request, work, i)))  # type: ignore[arg-type]
+            await asyncio.sleep(0)  # arrive one after another
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(main(1)) == [i * 10 for i in range(8)]
+    assert started == list(range(8)) and peak == 1
+    started.clear()
+    peak = 0
+    asyncio.run(main(2))
+    assert peak == 2 and started[:2] == [0, 1] and sorted(started) == list(range(8))

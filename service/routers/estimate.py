@@ -6,9 +6,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from agelens.schemas import BatchItem, BatchResponse, ErrorBody, ErrorResponse, EstimateResponse
-from service.dependencies import check_api_key, concurrency_slot, get_engine
-from service.engine import Engine
+from service.dependencies import check_api_key, concurrency_slot, get_estimator, run_in_turn
 from service.errors import ApiError, image_error
+from service.estimator import Estimator
 from service.responses import ModelResponse
 
 router = APIRouter(tags=["estimate"], dependencies=[Depends(check_api_key)])
@@ -46,13 +46,13 @@ def _observe(request: Request, result: EstimateResponse) -> None:
 async def estimate(
     request: Request,
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")],
-    engine: Annotated[Engine, Depends(get_engine)],
+    estimator: Annotated[Estimator, Depends(get_estimator)],
     _slot: Annotated[None, Depends(concurrency_slot)],
     distribution: Distribution = True,
 ) -> ModelResponse:
     data = await image.read()
     try:
-        result = await engine.estimate(data, distribution)
+        result = await run_in_turn(request, estimator.estimate, data, distribution)
     except ValueError as exc:
         raise image_error(exc) from exc
     _observe(request, result)
@@ -68,7 +68,7 @@ async def estimate(
 async def estimate_batch(
     request: Request,
     images: Annotated[list[UploadFile], File(description="Several images, in order")],
-    engine: Annotated[Engine, Depends(get_engine)],
+    estimator: Annotated[Estimator, Depends(get_estimator)],
     _slot: Annotated[None, Depends(concurrency_slot)],
     distribution: Distribution = True,
 ) -> ModelResponse:
@@ -77,7 +77,7 @@ async def estimate_batch(
         raise ApiError(413, "too_many_images", f"{len(images)} images sent; the limit is {limit} per batch")
     started = time.perf_counter()
     blobs = [await f.read() for f in images]
-    results = await engine.estimate_many(blobs, distribution)
+    results = await run_in_turn(request, estimator.estimate_many, blobs, distribution)
     items = []
     for i, (f, res) in enumerate(zip(images, results, strict=True)):
         if isinstance(res, EstimateResponse):
@@ -90,6 +90,6 @@ async def estimate_batch(
             )
     return ModelResponse(
         BatchResponse(
-            model=engine.info, items=items, total_ms=round((time.perf_counter() - started) * 1e3, 2)
+            model=estimator.info, items=items, total_ms=round((time.perf_counter() - started) * 1e3, 2)
         )
     )

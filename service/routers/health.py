@@ -21,8 +21,8 @@ async def health() -> Health:
     responses={503: {"model": Ready, "description": "Not ready yet"}},
 )
 async def ready(request: Request) -> Response:
-    engine = getattr(request.app.state, "engine", None)
-    body = Ready(ready=bool(request.app.state.ready), model=engine.info if engine is not None else None)
+    est = getattr(request.app.state, "estimator", None)
+    body = Ready(ready=bool(request.app.state.ready), model=est.info if est is not None else None)
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
