@@ -1,8 +1,18 @@
-"""Prometheus metrics (prometheus-client), exposed at /metrics."""
+"""Prometheus metrics (prometheus-client), exposed at /metrics.
+
+With several workers (`agelens serve --workers N`), the supervisor sets PROMETHEUS_MULTIPROC_DIR
+before it starts them: prometheus-client then keeps every worker's values in files there, and
+whichever worker answers a scrape reports the sum over all of them. Without it, each scrape
+described only the worker that the kernel happened to hand the connection to.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0)
 
@@ -35,7 +45,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge("agelens_in_flight", "Requests being processed", registry=self.registry)
+        self.in_flight = Gauge(
+            "agelens_in_flight",
+            "Requests being processed",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # summed over the workers alive now
+        )
         self.rejected = Counter(
             "agelens_rejected_total", "Requests rejected as over capacity", registry=self.registry
         )
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's registry, or every worker's in multiprocess mode."""
+        if os.environ.get(MULTIPROC_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

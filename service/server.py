@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -67,9 +71,30 @@ def _run_worker(host: str, port: int) -> None:
         sys.exit(STARTUP_FAILURE)
 
 
+def _metrics_dir() -> tuple[Path, bool]:
+    """The folder where the workers keep their Prometheus values (service/metrics.py), emptied
+    of an earlier run's files; returns it and whether we created it (and so remove it)."""
+    from service.metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return path, False
+    path = Path(tempfile.mkdtemp(prefix="agelens-metrics-"))
+    # Set before the workers start: they inherit it, and prometheus-client reads it on import.
+    os.environ[MULTIPROC_ENV] = str(path)
+    return path, True
+
+
 def _supervise(host: str, port: int, workers: int) -> int:
     """Start `workers` processes, restart any that dies, stop them all on SIGINT or SIGTERM."""
+    from prometheus_client import multiprocess
+
     ctx = multiprocessing.get_context("spawn")  # no fork: onnxruntime and LiteRT hold threads
+    metrics_dir, created = _metrics_dir()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -96,6 +121,7 @@ def _supervise(host: str, port: int, workers: int) -> int:
                 code = STARTUP_FAILURE
                 break
             log.warning("worker %s exited with code %s; starting another", p.pid, p.exitcode)
+            multiprocess.mark_process_dead(p.pid, str(metrics_dir))  # its in-flight gauge
             procs[i] = start()
     for p in procs:
         if p.is_alive():
@@ -105,6 +131,8 @@ def _supervise(host: str, port: int, workers: int) -> int:
         p.join(max(0.0, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
+    if created:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return code
 
 
