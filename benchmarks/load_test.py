@@ -162,7 +162,8 @@ def wrk_closed_loop(url: str, data: bytes, connections: int, seconds: float) -> 
 
 
 async def open_loop(url: str, data: bytes, rate: float, seconds: float, sampler=None) -> dict:
-    """Fixed-rate schedule. `sampler(elapsed_s)` is called about once a second (the soak uses it)."""
+    """Fixed-rate schedule. `sampler(elapsed_s, recorder)` is called about once a second (the
+    soak uses it)."""
     body, headers = multipart(data)
     rec = Recorder()
     async with client(url) as c:
@@ -179,7 +180,7 @@ async def open_loop(url: str, data: bytes, rate: float, seconds: float, sampler=
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(c, body, headers, rec, due)))
             if sampler is not None and due - start >= next_sample:
-                sampler(due - start)
+                sampler(due - start, rec)
                 next_sample += 1.0
             if len(tasks) > 4096:
                 done = [t for t in tasks if t.done()]

@@ -3,8 +3,9 @@
 The rate defaults to 80 % of the closed-loop maximum that load_test.py measured with the same
 (aiohttp) generator for the same number of workers (benchmarks/results/load.json); by default 2
 workers with one detector each, the fastest configuration on 2 cores. The resident memory of
-the server process and its children is summed every 5 s; the result gives start (after
-warm-up), peak and end, the whole curve, and every non-200 answer (there should be none).
+the server process and its children is summed every 5 s, with the answers and refusals so far;
+the result gives start (after warm-up), peak and end, the whole curve, and every non-200 answer
+(there should be none).
 
     .venv/bin/python benchmarks/soak.py > benchmarks/results/soak.json
 """
@@ -20,7 +21,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import photo, server, tree_rss_mb
-from load_test import open_loop
+from load_test import Recorder, open_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,9 +53,18 @@ def main() -> None:
     extra_env = dict(item.split("=", 1) for item in args.env)
     with server(args.workers, {"AGELENS_DETECTOR_INSTANCES": str(args.detectors), **extra_env}) as srv:
 
-        def sample(elapsed: float) -> None:
+        def sample(elapsed: float, rec: Recorder) -> None:
             if not curve or elapsed - curve[-1]["t"] >= args.every:
-                curve.append({"t": round(elapsed, 1), "rss_mb": tree_rss_mb(srv.pid)["total"]})
+                # Answers so far, and how many were not 200: when the refusals happened.
+                answered = sum(rec.statuses.values())
+                curve.append(
+                    {
+                        "t": round(elapsed, 1),
+                        "rss_mb": tree_rss_mb(srv.pid)["total"],
+                        "answered": answered,
+                        "refused": answered - rec.statuses.get("200", 0),
+                    }
+                )
 
         result = uvloop.run(open_loop(srv.url, photo(), rate, args.seconds, sampler=sample))
         curve.append({"t": round(args.seconds, 1), "rss_mb": tree_rss_mb(srv.pid)["total"]})
