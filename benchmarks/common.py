@@ -89,3 +89,9 @@ def tree_rss_mb(pid: int) -> dict[str, float]:
     procs = [root, *root.children(recursive=True)]
     per = {f"{p.pid}": p.memory_info().rss / 2**20 for p in procs}
     return {"total": round(sum(per.values()), 1), **{k: round(v, 1) for k, v in per.items()}}
+
+
+def tree_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of a process and each of its children, by pid."""
+    root = psutil.Process(pid)
+    return {f"{p.pid}": round(sum(p.cpu_times()[:2]), 2) for p in [root, *root.children(recursive=True)]}

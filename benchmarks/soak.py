@@ -5,7 +5,8 @@ The rate defaults to 80 % of the closed-loop maximum that load_test.py measured 
 workers with one detector each, the fastest configuration on 2 cores. The resident memory of
 the server process and its children is summed every 5 s, with the answers and refusals so far;
 the result gives start (after warm-up), peak and end, the whole curve, and every non-200 answer
-(there should be none).
+(there should be none), and the CPU seconds each server process spent: how the work split
+between the workers.
 
     .venv/bin/python benchmarks/soak.py > benchmarks/results/soak.json
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import photo, server, tree_rss_mb
+from common import photo, server, tree_cpu_s, tree_rss_mb
 from load_test import Recorder, open_loop
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,9 +67,13 @@ def main() -> None:
                     }
                 )
 
+        cpu_before = tree_cpu_s(srv.pid)
         result = uvloop.run(open_loop(srv.url, photo(), rate, args.seconds, sampler=sample))
+        cpu_after = tree_cpu_s(srv.pid)
         curve.append({"t": round(args.seconds, 1), "rss_mb": tree_rss_mb(srv.pid)["total"]})
         processes = tree_rss_mb(srv.pid)
+    # How the work split between the workers: SO_REUSEPORT spreads connections, not requests.
+    cpu_s = {k: round(v - cpu_before.get(k, 0.0), 1) for k, v in cpu_after.items()}
     rss = [c["rss_mb"] for c in curve]
     minute = max(1, int(60 / args.every))
     out = {
@@ -87,6 +92,7 @@ def main() -> None:
             "last_minute_mean": round(sum(rss[-minute:]) / len(rss[-minute:]), 1),
             "per_process_at_end": processes,
         },
+        "cpu_seconds_per_process": cpu_s,
         "curve": curve,
     }
     print(
