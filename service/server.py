@@ -80,6 +80,7 @@ def _metrics_dir() -> tuple[Path, bool]:
     if given:
         path = Path(given)
         path.mkdir(parents=True, exist_ok=True)
+        # A previous run's counters would otherwise be added to this run's.
         for stale in path.glob("*.db"):
             stale.unlink()
         return path, False
@@ -139,6 +140,8 @@ def _supervise(host: str, port: int, workers: int) -> int:
 def serve(host: str, port: int, workers: int) -> int:
     """Serve `service.app:create_app` until interrupted; returns the process exit code."""
     if workers <= 1:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            _metrics_dir()  # one process needs no shared folder, but one was given: start it clean
         server = uvicorn.Server(_config(host, port))
         server.run()
         return 0 if server.started else STARTUP_FAILURE
