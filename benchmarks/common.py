@@ -83,15 +83,18 @@ def server(
             log.close()  # type: ignore[union-attr]
 
 
+def _tree(pid: int) -> list[psutil.Process]:
+    """A process and all its children (uvicorn's supervisor and workers)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
 def tree_rss_mb(pid: int) -> dict[str, float]:
     """Resident memory of a process and its children (uvicorn's supervisor and workers), in MiB."""
-    root = psutil.Process(pid)
-    procs = [root, *root.children(recursive=True)]
-    per = {f"{p.pid}": p.memory_info().rss / 2**20 for p in procs}
+    per = {f"{p.pid}": p.memory_info().rss / 2**20 for p in _tree(pid)}
     return {"total": round(sum(per.values()), 1), **{k: round(v, 1) for k, v in per.items()}}
 
 
 def tree_cpu_s(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) so far of a process and each of its children, by pid."""
-    root = psutil.Process(pid)
-    return {f"{p.pid}": round(sum(p.cpu_times()[:2]), 2) for p in [root, *root.children(recursive=True)]}
+    return {f"{p.pid}": round(sum(p.cpu_times()[:2]), 2) for p in _tree(pid)}

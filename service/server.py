@@ -140,7 +140,9 @@ def _supervise(host: str, port: int, workers: int) -> int:
 def serve(host: str, port: int, workers: int) -> int:
     """Serve `service.app:create_app` until interrupted; returns the process exit code."""
     if workers <= 1:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from service.metrics import MULTIPROC_ENV
+
+        if os.environ.get(MULTIPROC_ENV):
             _metrics_dir()  # one process needs no shared folder, but one was given: start it clean
         server = uvicorn.Server(_config(host, port))
         server.run()

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -80,39 +81,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server() -> Iterator[str]:
-    """A real `agelens serve` process on a free loopback port (shared by the e2e, browser and fuzz tests)."""
+@contextmanager
+def agelens_serve(*args: str, env: dict[str, str] | None = None, ready_in_a_row: int = 1) -> Iterator[str]:
+    """`agelens serve` in a child process on a free loopback port; yields its URL once /ready has
+    answered 200 `ready_in_a_row` times in a row (with several workers, each answer may come
+    from another one), and stops it on exit."""
     port = free_port()
-    env = {**os.environ, "AGELENS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024), "GLOG_minloglevel": "2"}
+    full_env = {**os.environ, "GLOG_minloglevel": "2", **(env or {})}
     # Its log goes to a file: a pipe nobody reads would block the server once its buffer fills.
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agelens.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "agelens.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
             cwd=REPO,
-            env=env,
+            env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
+        deadline, ok = time.time() + 120, 0
         try:
-            while time.time() < deadline:
+            while ok < ready_in_a_row:
                 if proc.poll() is not None:
                     log.seek(0)
                     pytest.fail(f"server exited early ({proc.returncode}):\n{log.read().decode()[-3000:]}")
+                if time.time() > deadline:
+                    pytest.fail("server did not become ready in 120 s")
                 try:
-                    if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                        break
+                    ok = ok + 1 if httpx.get(f"{url}/ready", timeout=2).status_code == 200 else 0
                 except httpx.TransportError:
-                    pass
-                time.sleep(0.3)
-            else:
-                pytest.fail("server did not become ready in 90 s")
+                    ok = 0
+                time.sleep(0.2)
             yield url
         finally:
             proc.terminate()
             try:
-                proc.wait(10)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[str]:
+    """A real `agelens serve` process (shared by the e2e, browser and fuzz tests)."""
+    with agelens_serve(env={"AGELENS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)}) as url:
+        yield url

@@ -62,37 +62,16 @@ def test_every_worker_binds_the_same_port() -> None:
 def test_metrics_count_every_worker(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """With 2 workers, each connection lands on one of them; every scrape must still count the
     requests of both (prometheus-client's multiprocess mode, set up by the supervisor)."""
-    import os
-    import subprocess
-    import sys
-    import time
-
     import httpx
     import numpy as np
 
-    from tests.conftest import REPO, encode
+    from tests.conftest import agelens_serve, encode
 
-    port, metrics_dir = free_port(), tmp_path / "metrics"
-    (metrics_dir).mkdir()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"stale")  # an earlier run's file: must be wiped
-    env = {**os.environ, "GLOG_minloglevel": "2", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agelens.cli", "serve", "--port", str(port), "--workers", "2"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline, ok = time.time() + 120, 0
-        while ok < 8:  # several answers in a row: both workers are up
-            assert time.time() < deadline and proc.poll() is None, "server did not become ready"
-            try:
-                ok = ok + 1 if httpx.get(f"{url}/ready", timeout=2).status_code == 200 else 0
-            except httpx.TransportError:
-                ok = 0
-            time.sleep(0.2)
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    with agelens_serve("--workers", "2", env=env, ready_in_a_row=8) as url:
         image = encode(np.full((240, 320, 3), 128, dtype=np.uint8), "JPEG")
         for _ in range(20):  # a new connection each time: the kernel spreads them over the workers
             assert httpx.post(f"{url}/estimate", files={"image": ("a.jpg", image)}).status_code == 200
@@ -104,6 +83,3 @@ def test_metrics_count_every_worker(tmp_path) -> None:  # type: ignore[no-untype
             line = next(m for m in text.splitlines() if m.startswith(wanted))
             assert float(line.split()[-1]) == 20.0
         assert "agelens_in_flight" in text
-    finally:
-        proc.terminate()
-        proc.wait(30)
