@@ -97,6 +97,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = PipelineConfig.load(Path(args.config))
     if args.threads:
         cfg = cfg.model_copy(update={"threads": args.threads})
+    if args.device:
+        cfg = cfg.model_copy(update={"device": args.device})
+    if args.arms or args.seeds:
+        # A subset of the ablation in this process: several processes can then share one GPU
+        # (training/parallel.py); a last run over all arms collects their cached results.
+        ab = cfg.ablation.model_copy(
+            update={
+                **({"arms": args.arms.split(",")} if args.arms else {}),
+                **({"seeds": [int(v) for v in args.seeds.split(",")]} if args.seeds else {}),
+            }
+        )
+        cfg = cfg.model_copy(update={"ablation": ab})
     stages = args.stages.split(",") if args.stages else list(STAGES)
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -209,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="torch threads, overriding the config (1 each runs two trainings side by side on 2 cores)",
     )
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config's device")
+    t.add_argument("--arms", help="comma-separated ablation arms to run, overriding the config")
+    t.add_argument("--seeds", help="comma-separated ablation seeds to run, overriding the config")
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a model-store entry with onnxruntime on a cached split")

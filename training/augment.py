@@ -17,8 +17,8 @@ def to_float(batch_u8: Tensor) -> Tensor:
 
 
 def normalise(x: Tensor, norm: Normalisation) -> Tensor:
-    mean = torch.tensor(norm.mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(norm.std, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(norm.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -37,26 +37,33 @@ def augment(
     which are noisier than on UTKFace's pre-aligned images. Returns the batch and its flip mask
     (distillation uses the mask to pick the teacher's target for the mirrored crop).
     """
-    n = x.shape[0]
+    n, dev = x.shape[0], x.device
+
+    def uniform(*shape: int) -> Tensor:
+        # Drawn from the CPU generator whatever the device, so CPU and GPU runs of one seed
+        # see the same augmentations; then moved next to the batch.
+        return (torch.rand(*shape, generator=gen) * 2 - 1).to(dev)
+
     flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
-    ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_rotate_deg)
-    scale = 1.0 + (torch.rand(n, generator=gen) * 2 - 1) * max_scale
-    tx = (torch.rand(n, generator=gen) * 2 - 1) * max_shift * 2
-    ty = (torch.rand(n, generator=gen) * 2 - 1) * max_shift * 2
+    x = torch.where(flip.to(dev).view(n, 1, 1, 1), x.flip(3), x)
+    ang = uniform(n) * math.radians(max_rotate_deg)
+    scale = 1.0 + uniform(n) * max_scale
+    tx = uniform(n) * max_shift * 2
+    ty = uniform(n) * max_shift * 2
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     # Colour: brightness, contrast, saturation, each per sample.
-    b = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * color
-    c = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * color
-    s = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * color
+    b = 1.0 + uniform(n, 1, 1, 1) * color
+    c = 1.0 + uniform(n, 1, 1, 1) * color
+    s = 1.0 + uniform(n, 1, 1, 1) * color
     x = x * b
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * c + mean
     gray = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     x = (x - gray) * s + gray
-    to_gray = (torch.rand(n, generator=gen) < gray_p).view(n, 1, 1, 1)
+    to_gray = (torch.rand(n, generator=gen) < gray_p).to(dev).view(n, 1, 1, 1)
     x = torch.where(to_gray, gray.expand_as(x), x)
+    # The flip mask stays on the CPU: it indexes the offline teacher targets, kept in host memory.
     return x.clamp_(0.0, 1.0), flip

@@ -42,7 +42,9 @@ def load_resume_state(
     gen: torch.Generator,
 ) -> dict[str, Any]:
     """Restore model, optimiser, schedule and RNG in place; returns the whole state dict."""
-    state = torch.load(path, weights_only=False)
+    # Optimiser state is moved onto the parameters' device by load_state_dict, so a run can
+    # resume on another device than the one that saved it.
+    state = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])

@@ -30,6 +30,7 @@ from training.augment import augment, normalise, to_float
 from training.checkpoint import load_resume_state, save_resume_state
 from training.config import ClassifierConfig, DistillConfig
 from training.dataset import NUM_CLASSES, CachedData
+from training.device import module_device
 from training.evaluate import predict_logits
 from training.models import AgeClassifier, OrdinalTeacher
 
@@ -62,13 +63,16 @@ def compute_teacher_targets(
     for t in (dk, ordinal):
         if t is not None:
             t.eval()
+    # Computed on the teachers' device, kept in host memory next to the crops they describe.
+    teacher = dk if dk is not None else ordinal
+    dev = module_device(teacher) if teacher is not None else torch.device("cpu")
     for i in range(0, len(crops), batch):
-        x = normalise(to_float(crops[i : i + batch]), norm)
+        x = normalise(to_float(crops[i : i + batch].to(dev)), norm)
         pair = torch.stack([x, x.flip(3)], 1).flatten(0, 1).contiguous(memory_format=torch.channels_last)
         if dk is not None:
-            outs["dk"].append(dk(pair).view(len(x), 2, -1))
+            outs["dk"].append(dk(pair).view(len(x), 2, -1).cpu())
         if ordinal is not None:
-            outs["ord"].append(ordinal.embed_faces(pair).view(len(x), 2, -1))
+            outs["ord"].append(ordinal.embed_faces(pair).view(len(x), 2, -1).cpu())
     return TeacherTargets(
         torch.cat(outs["dk"]) if outs["dk"] else None, torch.cat(outs["ord"]) if outs["ord"] else None
     )
@@ -83,13 +87,14 @@ def label_loss(logits: Tensor, ages: Tensor, sigma: float, l1_weight: float) -> 
     if sigma > 0:
         # Gaussian label distribution (DLDL, Gao et al. 2017): neighbouring ages share credit,
         # which suits labels that are themselves estimates (UTKFace's README).
-        target = torch.exp(-((AGES.view(1, -1) - ages.view(-1, 1).float()) ** 2) / (2 * sigma**2))
+        axis = AGES.to(logits.device)
+        target = torch.exp(-((axis.view(1, -1) - ages.view(-1, 1).float()) ** 2) / (2 * sigma**2))
         target = target / target.sum(1, keepdim=True)
         loss = -(target * logp).sum(1).mean()
     else:
         loss = F.nll_loss(logp, ages)
     if l1_weight > 0:
-        loss = loss + l1_weight * (logp.exp() @ AGES - ages.float()).abs().mean()
+        loss = loss + l1_weight * (logp.exp() @ AGES.to(logits.device) - ages.float()).abs().mean()
     return loss
 
 
@@ -124,22 +129,25 @@ def train_classifier(
     out_dir: Path,
     targets: TeacherTargets | None = None,
     distill: DistillConfig | None = None,
+    device: torch.device | None = None,
 ) -> AgeClassifier:
-    """Train, keep the epoch with the best val MAE, and return that model (loaded from best.pt)."""
+    """Train, keep the epoch with the best val MAE, and return that model (loaded from best.pt,
+    on the CPU: evaluation and export run there)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = targets or TeacherTargets()
     distill = distill or DistillConfig(alpha=0.0, beta=0.0)
     use_kd = targets.dk_logits is not None and distill.alpha > 0
     use_hint = targets.ordinal_embed is not None and distill.beta > 0
     torch.manual_seed(cfg.seed)
-    model = build_classifier(cfg).to(memory_format=torch.channels_last)
+    device = device or torch.device("cpu")
+    model = build_classifier(cfg).to(device, memory_format=torch.channels_last)
     adapter: nn.Module | None = None
     params = list(model.parameters())
     if use_hint:
         assert targets.ordinal_embed is not None
         # Training-only projection from the student's pooled feature into the teacher's
         # embedding space; it is not part of the exported student.
-        adapter = nn.Linear(model.feature_dim, targets.ordinal_embed.shape[-1])
+        adapter = nn.Linear(model.feature_dim, targets.ordinal_embed.shape[-1]).to(device)
         params += list(adapter.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(data.train)
@@ -178,35 +186,38 @@ def train_classifier(
             adapter.train()
         t0 = time.time()
         perm = torch.randperm(n, generator=gen)
-        sums = {"loss": 0.0, "label": 0.0, "kd": 0.0, "hint": 0.0}
+        # Summed on the device and read once per epoch: a float() per step would make the
+        # host wait for the GPU after every step.
+        zero = torch.zeros((), device=device)
+        sums = {"loss": zero, "label": zero, "kd": zero, "hint": zero}
         for step in range(steps_per_epoch):
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            xa, flipped = augment(to_float(data.train.crops[idx]), gen)
+            xa, flipped = augment(to_float(data.train.crops[idx].to(device, non_blocking=True)), gen)
             x = normalise(xa, norm).contiguous(memory_format=torch.channels_last)
-            y = data.train.ages[idx]
+            y = data.train.ages[idx].to(device, non_blocking=True)
             feat, logits = model.forward_features(x)
             l_label = label_loss(logits, y, cfg.label_sigma, cfg.l1_weight)
             loss = l_label
             view = flipped.long()
             if use_kd:
                 assert targets.dk_logits is not None
-                l_kd = kd_loss(logits, targets.dk_logits[idx, view], distill.temperature)
+                l_kd = kd_loss(logits, targets.dk_logits[idx, view].to(device), distill.temperature)
                 loss = loss + distill.alpha * l_kd
-                sums["kd"] += float(l_kd.detach())
+                sums["kd"] = sums["kd"] + l_kd.detach()
             if use_hint:
                 assert targets.ordinal_embed is not None and adapter is not None
-                t_emb = targets.ordinal_embed[idx, view]
+                t_emb = targets.ordinal_embed[idx, view].to(device)
                 l_hint = hint_loss(adapter(feat), t_emb, distill.hint_loss)
                 loss = loss + distill.beta * l_hint
-                sums["hint"] += float(l_hint.detach())
+                sums["hint"] = sums["hint"] + l_hint.detach()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            sums["loss"] += float(loss.detach())
-            sums["label"] += float(l_label.detach())
+            sums["loss"] = sums["loss"] + loss.detach()
+            sums["label"] = sums["label"] + l_label.detach()
         # With EMA on, the averaged weights are what gets validated, kept and exported.
         kept: nn.Module = ema.module if ema is not None else model
         mae = val_mae(kept, data, norm)
@@ -217,7 +228,7 @@ def train_classifier(
                 {"model": kept.state_dict(), "config": cfg.model_dump(), "epoch": epoch, "val_mae": mae},
                 best_path,
             )
-        rec = {k: round(v / steps_per_epoch, 4) for k, v in sums.items()}
+        rec = {k: round(float(v) / steps_per_epoch, 4) for k, v in sums.items()}
         rec.update(
             epoch=epoch,
             val_mae=round(mae, 4),
@@ -248,13 +259,13 @@ def train_classifier(
             ema=ema.state_dict() if ema is not None else None,
         )
     final = build_classifier(cfg)
-    final.load_state_dict(torch.load(best_path, weights_only=False)["model"])
+    final.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
     final.eval()
     return final
 
 
 def load_classifier(path: Path) -> AgeClassifier:
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)
     model = build_classifier(ClassifierConfig.model_validate(state["config"]))
     model.load_state_dict(state["model"])
     model.eval()

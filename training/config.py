@@ -96,6 +96,8 @@ class BornAgainConfig(BaseModel):
 
 
 class ExportConfig(BaseModel):
+    # The run folder under run_dir whose best.pt is exported ("student" = the student stage).
+    source: str = "student"
     name: str = "agelens-student"
     version: str = "2.0.0"
     model_store: Path = Path("model_store")
@@ -118,8 +120,13 @@ class PipelineConfig(BaseModel):
     born_again: BornAgainConfig = BornAgainConfig()
     export: ExportConfig = ExportConfig()
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    # "auto": the CUDA GPU when torch sees one, else the CPU. The same code runs on both.
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
 
     @classmethod
     def load(cls, path: Path) -> PipelineConfig:
+        """A TOML config, or the JSON that `training/parallel.py` writes with its chosen epochs."""
+        if path.suffix == ".json":
+            return cls.model_validate_json(path.read_text())
         with open(path, "rb") as fh:
             return cls.model_validate(tomllib.load(fh))

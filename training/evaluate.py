@@ -13,6 +13,7 @@ from agelens.ages import AGE_BANDS, central_interval, expected_age, softmax
 from agelens.manifest import AgeBand, Metrics, Normalisation
 from training.augment import normalise, to_float
 from training.data import Record
+from training.device import module_device
 
 GENDERS = {0: "male", 1: "female"}
 RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
@@ -23,10 +24,11 @@ def predict_logits(
     model: nn.Module, crops: Tensor, norm: Normalisation, batch_size: int = 512
 ) -> NDArray[np.float32]:
     model.eval()
+    dev = module_device(model)
     out = []
     for i in range(0, len(crops), batch_size):
-        x = normalise(to_float(crops[i : i + batch_size]), norm)
-        out.append(model(x).float().numpy())
+        x = normalise(to_float(crops[i : i + batch_size].to(dev)), norm)
+        out.append(model(x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 101), dtype=np.float32)
 
 

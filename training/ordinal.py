@@ -23,6 +23,7 @@ from training.augment import augment, normalise, to_float
 from training.checkpoint import load_resume_state, save_resume_state
 from training.config import OrdinalConfig
 from training.dataset import Part
+from training.device import module_device
 from training.models import OrdinalTeacher, permutation_classes
 
 log = logging.getLogger(__name__)
@@ -76,28 +77,38 @@ def order_accuracy(
     model: OrdinalTeacher, part: Part, cfg: OrdinalConfig, norm: Normalisation, seed: int
 ) -> dict[str, float]:
     model.eval()
+    dev = module_device(model)
     rng = np.random.default_rng(seed)
     seqs, labels = sample_sequences(part.ages.numpy(), cfg.k, cfg.min_gap, cfg.eval_sequences, rng)
     correct = 0
     for i in range(0, len(seqs), 128):
         idx = torch.from_numpy(seqs[i : i + 128])
-        x = normalise(to_float(part.crops[idx.flatten()]), norm)
+        x = normalise(to_float(part.crops[idx.flatten()].to(dev)), norm)
         x = x.view(len(idx), cfg.k, *x.shape[1:])
-        correct += int((model(x).argmax(1).numpy() == labels[i : i + 128]).sum())
+        correct += int((model(x).argmax(1).cpu().numpy() == labels[i : i + 128]).sum())
     return {"accuracy": correct / len(seqs), "chance": 1.0 / len(model.perms), "sequences": len(seqs)}
 
 
-def _batch(part: Part, idx: Tensor, k: int, norm: Normalisation, gen: torch.Generator) -> Tensor:
-    x = normalise(augment(to_float(part.crops[idx.flatten()]), gen)[0], norm)
+def _batch(
+    part: Part, idx: Tensor, k: int, norm: Normalisation, gen: torch.Generator, device: torch.device
+) -> Tensor:
+    x = normalise(augment(to_float(part.crops[idx.flatten()].to(device, non_blocking=True)), gen)[0], norm)
     return x.view(len(idx), k, *x.shape[1:])
 
 
 def train_ordinal_teacher(
-    cfg: OrdinalConfig, train: Part, val: Part, norm: Normalisation, out_dir: Path
+    cfg: OrdinalConfig,
+    train: Part,
+    val: Part,
+    norm: Normalisation,
+    out_dir: Path,
+    device: torch.device | None = None,
 ) -> OrdinalTeacher:
+    """Train, keep the epoch with the best val order accuracy, return it (on the CPU)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
-    model = build_ordinal_teacher(cfg)
+    model = build_ordinal_teacher(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, cfg.sequences_per_epoch // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -121,19 +132,21 @@ def train_ordinal_teacher(
         t0 = time.time()
         rng = np.random.default_rng(cfg.seed * 1000 + epoch)
         seqs, labels = sample_sequences(ages, cfg.k, cfg.min_gap, steps_per_epoch * cfg.batch_size, rng)
-        tot_loss, correct = 0.0, 0
+        # Accumulated on the device, read once per epoch (no host-device sync per step).
+        tot_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for step in range(steps_per_epoch):
             sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-            x = _batch(train, torch.from_numpy(seqs[sl]), cfg.k, norm, gen)
-            y = torch.from_numpy(labels[sl])
+            x = _batch(train, torch.from_numpy(seqs[sl]), cfg.k, norm, gen, device)
+            y = torch.from_numpy(labels[sl]).to(device, non_blocking=True)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            tot_loss += float(loss.detach())
-            correct += int((logits.argmax(1) == y).sum())
+            tot_loss = tot_loss + loss.detach()
+            correct = correct + (logits.argmax(1) == y).sum()
         val_acc = order_accuracy(model, val, cfg, norm, seed=12345)
         if val_acc["accuracy"] > best:
             best = val_acc["accuracy"]
@@ -143,8 +156,8 @@ def train_ordinal_teacher(
             )
         rec = {
             "epoch": epoch,
-            "loss": round(tot_loss / steps_per_epoch, 4),
-            "train_acc": round(correct / (steps_per_epoch * cfg.batch_size), 4),
+            "loss": round(float(tot_loss) / steps_per_epoch, 4),
+            "train_acc": round(int(correct) / (steps_per_epoch * cfg.batch_size), 4),
             "val_acc": round(val_acc["accuracy"], 4),
             "seconds": round(time.time() - t0, 1),
         }
@@ -165,7 +178,7 @@ def train_ordinal_teacher(
 
 
 def load_ordinal_teacher(path: Path) -> OrdinalTeacher:
-    st = torch.load(path, weights_only=False)
+    st = torch.load(path, map_location="cpu", weights_only=False)
     model = build_ordinal_teacher(OrdinalConfig.model_validate(st["config"]))
     model.load_state_dict(st["model"])
     model.eval()

@@ -25,6 +25,7 @@ from training.classifier import TeacherTargets, compute_teacher_targets, load_cl
 from training.config import ClassifierConfig, DistillConfig, PipelineConfig
 from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
 from training.dataset import NUM_CLASSES, CachedData, load_data
+from training.device import resolve_device
 from training.evaluate import (
     compute_metrics,
     demographic_metrics,
@@ -97,13 +98,14 @@ def run_classifier(
     out: Path,
     targets: TeacherTargets | None = None,
     distill: DistillConfig | None = None,
+    device: torch.device | None = None,
 ) -> dict:
     """Train (or resume) one classifier and return its test report (cached in result.json)."""
     result = out / "result.json"
     if result.exists():
         return json.loads(result.read_text())
     t0 = time.time()
-    model = train_classifier(cfg, data, NORM, out, targets, distill)
+    model = train_classifier(cfg, data, NORM, out, targets, distill, device)
     rep = test_report(model, data)
     rep["train_seconds"] = round(time.time() - t0, 1)
     _write_json(result, rep)
@@ -111,7 +113,7 @@ def run_classifier(
 
 
 def stage_dk_teacher(cfg: PipelineConfig, data: CachedData) -> dict:
-    rep = run_classifier(cfg.dk_teacher, data, cfg.run_dir / "dk_teacher")
+    rep = run_classifier(cfg.dk_teacher, data, cfg.run_dir / "dk_teacher", device=resolve_device(cfg.device))
     log.info("dark-knowledge teacher: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
     return rep
 
@@ -132,7 +134,8 @@ def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
     if result.exists():
         return json.loads(result.read_text())
     t0 = time.time()
-    model = train_ordinal_teacher(cfg.ordinal, data.train, data.val, NORM, out)
+    device = resolve_device(cfg.device)
+    model = train_ordinal_teacher(cfg.ordinal, data.train, data.val, NORM, out, device).to(device)
     rep: dict = {
         "val": order_accuracy(model, data.val, cfg.ordinal, NORM, seed=1),
         "test": order_accuracy(model, data.test, cfg.ordinal, NORM, seed=2),
@@ -144,8 +147,10 @@ def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
 
         def emb(crops: torch.Tensor) -> np.ndarray:
             # The same normalisation as training and the manifest: never a hand-written copy.
-            batches = [normalise(to_float(crops[i : i + 512]), NORM) for i in range(0, len(crops), 512)]
-            return torch.cat([model.embed_faces(x) for x in batches]).numpy()
+            batches = [
+                normalise(to_float(crops[i : i + 512].to(device)), NORM) for i in range(0, len(crops), 512)
+            ]
+            return torch.cat([model.embed_faces(x).cpu() for x in batches]).numpy()
 
         pred = ridge_probe(
             emb(data.train.crops), data.train.ages.numpy().astype(np.float64), emb(data.test.crops)
@@ -165,17 +170,22 @@ def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
 
 
 def teacher_targets(cfg: PipelineConfig, data: CachedData, need_dk: bool, need_ord: bool) -> TeacherTargets:
+    device = resolve_device(cfg.device)
     dk = (
-        load_classifier(cfg.run_dir / "dk_teacher" / "best.pt").to(memory_format=torch.channels_last)
+        load_classifier(cfg.run_dir / "dk_teacher" / "best.pt").to(device, memory_format=torch.channels_last)
         if need_dk
         else None
     )
-    ordinal = load_ordinal_teacher(cfg.run_dir / "ordinal_teacher" / "best.pt") if need_ord else None
+    ordinal = (
+        load_ordinal_teacher(cfg.run_dir / "ordinal_teacher" / "best.pt").to(device) if need_ord else None
+    )
     return compute_teacher_targets(data.train.crops, NORM, dk, ordinal)
 
 
 def stage_student(cfg: PipelineConfig, data: CachedData, targets: TeacherTargets) -> dict:
-    rep = run_classifier(cfg.student, data, cfg.run_dir / "student", targets, cfg.distill)
+    rep = run_classifier(
+        cfg.student, data, cfg.run_dir / "student", targets, cfg.distill, resolve_device(cfg.device)
+    )
     log.info("distilled student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
     return rep
 
@@ -213,7 +223,7 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     if cfg.distill.beta > 0:
         targets.ordinal_embed = teacher_targets(cfg, data, False, True).ordinal_embed
     scfg = cfg.student.model_copy(update={"epochs": ba.epochs, "ema_decay": ba.ema_decay})
-    rep = run_classifier(scfg, data, cfg.run_dir / ba.name, targets, cfg.distill)
+    rep = run_classifier(scfg, data, cfg.run_dir / ba.name, targets, cfg.distill, resolve_device(cfg.device))
     rep["teacher_ensemble_test"] = {"mae": teacher_rep.mae, "cs5": teacher_rep.cs5}
     _write_json(cfg.run_dir / ba.name / "result.json", rep)
     log.info("born-again student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
@@ -247,7 +257,7 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
             scfg = cfg.student.model_copy(update={"epochs": ab.epochs, "seed": seed})
             dcfg = cfg.distill.model_copy(update={"alpha": ab.alpha * use_a, "beta": ab.beta * use_b})
             out_dir = cfg.run_dir / "ablation" / f"{arm}_seed{seed}"
-            rep = run_classifier(scfg, data, out_dir, targets, dcfg)
+            rep = run_classifier(scfg, data, out_dir, targets, dcfg, resolve_device(cfg.device))
             # The arms are compared on val (choices are made there, never on test).
             rep["best_val_mae"] = best_val_mae(out_dir / "history.jsonl")
             runs.append(rep)
@@ -435,7 +445,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         assert targets is not None
         summary["ablation"] = stage_ablation(cfg, data, targets)
     if "export" in stages:
-        final = cfg.born_again.name if cfg.born_again.enabled else "student"
+        final = cfg.born_again.name if cfg.born_again.enabled else cfg.export.source
         model = load_classifier(cfg.run_dir / final / "best.pt")
         export_classifier(cfg, model, data, cfg.export.version, describe_student(cfg))
     summary["seconds"] = round(time.time() - t0, 1)

@@ -1,0 +1,176 @@
+"""Run the pipeline's training stages as parallel processes on one machine (one GPU, or cores).
+
+The student is small: one training step on a GPU is a few milliseconds, mostly Python and kernel
+launches, so one run leaves the GPU mostly idle. The stages that do not depend on each other are
+therefore run side by side, each in its own `agelens train` process on the same run_dir:
+
+    phase 1: dk_teacher | ordinal_teacher
+    phase 2: student | one process per (ablation arm, seed)
+    phase 3: ablation (collects the cached per-run results into ablation.json)
+
+With `--budget-s`, it first runs the same three phases for 2 epochs in `run_dir/probe` (which
+also proves every code path on the device), measures the seconds per epoch of each phase, and
+sets the epochs so that the real run fits the budget. The dark-knowledge teacher gets
+`--teacher-ratio` times the student's epochs (the "stronger run" of the student's recipe); the
+ablation arms get exactly the student's epochs, so every arm runs the shipped schedule. The
+config that was run, epochs included, is written to `run_dir/config.effective.json`; passing it
+to `agelens train --config` reproduces the run in one process.
+
+    python -m training.parallel --config training/configs/utkface_gpu.toml --budget-s 420
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from training.config import PipelineConfig
+
+
+def say(msg: str) -> None:
+    print(f"[parallel {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_cmd(config: Path, stages: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "agelens.cli", "train", "--config", str(config), "--stages", stages, *extra]
+
+
+def run_together(jobs: dict[str, list[str]], log_dir: Path) -> float:
+    """Start every job, wait for all; on any failure stop the rest and show the failed log."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    procs = {}
+    for name, cmd in jobs.items():
+        fh = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed when the process ends
+        procs[name] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh)
+    failed = []
+    for name, (proc, fh) in procs.items():
+        if proc.wait() != 0:
+            failed.append(name)
+        fh.close()
+    if failed:
+        for _, (proc, _) in procs.items():
+            proc.kill()
+        tail = (log_dir / f"{failed[0]}.log").read_text().splitlines()[-30:]
+        raise RuntimeError(f"{', '.join(failed)} failed; end of {failed[0]}.log:\n" + "\n".join(tail))
+    return time.time() - t0
+
+
+def ablation_runs(cfg: PipelineConfig) -> list[tuple[str, int]]:
+    return [(arm, seed) for arm in cfg.ablation.arms for seed in cfg.ablation.seeds]
+
+
+def run_phases(cfg: PipelineConfig, config_path: Path) -> dict[str, float]:
+    logs = cfg.run_dir / "parallel"
+    walls: dict[str, float] = {}
+    say(f"phase 1: dk_teacher ({cfg.dk_teacher.epochs} ep) | ordinal_teacher ({cfg.ordinal.epochs} ep)")
+    walls["phase1"] = run_together(
+        {
+            "dk_teacher": train_cmd(config_path, "dk_teacher"),
+            "ordinal_teacher": train_cmd(config_path, "ordinal_teacher"),
+        },
+        logs,
+    )
+    jobs = {"student": train_cmd(config_path, "student")}
+    if cfg.ablation.enabled:
+        for arm, seed in ablation_runs(cfg):
+            jobs[f"{arm}_seed{seed}"] = train_cmd(
+                config_path, "ablation", "--arms", arm, "--seeds", str(seed)
+            )
+    say(f"phase 2: {len(jobs)} processes ({cfg.student.epochs} ep each): {', '.join(jobs)}")
+    walls["phase2"] = run_together(jobs, logs)
+    if cfg.ablation.enabled:
+        say("phase 3: ablation summary")
+        walls["phase3"] = run_together({"ablation": train_cmd(config_path, "ablation")}, logs)
+    say("walls " + json.dumps({k: round(v, 1) for k, v in walls.items()}))
+    return walls
+
+
+def epoch_seconds(run: Path) -> float:
+    """Seconds of a warm epoch: the last one logged (the first pays cuDNN's algorithm search)."""
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip()]
+    return float(rows[-1]["seconds"])
+
+
+def write_config(cfg: PipelineConfig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def with_epochs(cfg: PipelineConfig, dk: int, ordinal: int, student: int) -> PipelineConfig:
+    return cfg.model_copy(
+        update={
+            "dk_teacher": cfg.dk_teacher.model_copy(update={"epochs": dk}),
+            "ordinal": cfg.ordinal.model_copy(update={"epochs": ordinal}),
+            "student": cfg.student.model_copy(update={"epochs": student}),
+            "ablation": cfg.ablation.model_copy(update={"epochs": student}),
+        }
+    )
+
+
+def fit_epochs(cfg: PipelineConfig, budget_s: float, teacher_ratio: float, spent_s: float) -> PipelineConfig:
+    """Probe at 2 epochs, then choose epochs that fit what is left of the budget."""
+    probe = with_epochs(cfg, 2, 2, 2).model_copy(update={"run_dir": cfg.run_dir / "probe"})
+    walls = run_phases(probe, write_config(probe, probe.run_dir / "config.effective.json"))
+    t_dk = epoch_seconds(probe.run_dir / "dk_teacher")
+    t_ord = epoch_seconds(probe.run_dir / "ordinal_teacher")
+    t_student = max(
+        [epoch_seconds(probe.run_dir / "student")]
+        + [epoch_seconds(probe.run_dir / "ablation" / f"{a}_seed{s}") for a, s in ablation_runs(probe)]
+    )
+    # What a phase costs besides its epochs (start-up, data, teacher targets, final evaluation).
+    fixed = (
+        (walls["phase1"] - 2 * max(t_dk, t_ord)) + (walls["phase2"] - 2 * t_student) + walls.get("phase3", 0)
+    )
+    left = budget_s - (time.time() - spent_s) - fixed
+    # 10 % margin: a longer run also validates and checkpoints more often than the probe shows.
+    student = max(2, math.floor(0.9 * left / (teacher_ratio * t_dk + t_student)))
+    dk = max(2, round(teacher_ratio * student))
+    ordinal = max(2, math.floor(dk * t_dk / t_ord))
+    say(
+        f"probe: s/epoch dk {t_dk:.2f}, ordinal {t_ord:.2f}, "
+        f"student (worst of {1 + len(ablation_runs(cfg))}) {t_student:.2f}; fixed {fixed:.0f} s; "
+        f"{left:.0f} s left -> epochs dk {dk}, ordinal {ordinal}, student {student}"
+    )
+    return with_epochs(cfg, dk, ordinal, student)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument(
+        "--budget-s", type=float, default=0.0, help="fit the epochs to this many seconds (0: as configured)"
+    )
+    ap.add_argument("--teacher-ratio", type=float, default=1.5)
+    args = ap.parse_args()
+    t0 = time.time()
+    cfg = PipelineConfig.load(args.config)
+    if args.budget_s:
+        cfg = fit_epochs(cfg, args.budget_s, args.teacher_ratio, t0)
+    run_phases(cfg, write_config(cfg, cfg.run_dir / "config.effective.json"))
+    summary = {
+        "seconds": round(time.time() - t0, 1),
+        "epochs": {
+            "dk_teacher": cfg.dk_teacher.epochs,
+            "ordinal": cfg.ordinal.epochs,
+            "student": cfg.student.epochs,
+            "ablation": cfg.ablation.epochs,
+        },
+        "student_epoch_seconds_median": statistics.median(
+            json.loads(line)["seconds"]
+            for line in (cfg.run_dir / "student" / "history.jsonl").read_text().splitlines()
+        ),
+    }
+    (cfg.run_dir / "parallel" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    say(f"done in {summary['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
