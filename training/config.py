@@ -98,6 +98,8 @@ class BornAgainConfig(BaseModel):
 class ExportConfig(BaseModel):
     # The run folder under run_dir whose best.pt is exported ("student" = the student stage).
     source: str = "student"
+    # Markdown appended to the model card (how and where this version was trained).
+    card_note: str = ""
     name: str = "agelens-student"
     version: str = "2.0.0"
     model_store: Path = Path("model_store")

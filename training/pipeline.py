@@ -22,10 +22,10 @@ from agelens.ages import expected_age, softmax
 from agelens.manifest import AlignmentSpec, Normalisation, sha256_file
 from training.augment import normalise, to_float
 from training.classifier import TeacherTargets, compute_teacher_targets, load_classifier, train_classifier
-from training.config import ClassifierConfig, DistillConfig, PipelineConfig
+from training.config import ClassifierConfig, DistillConfig, OrdinalConfig, PipelineConfig
 from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
 from training.dataset import NUM_CLASSES, CachedData, load_data
-from training.device import resolve_device
+from training.device import module_device, resolve_device
 from training.evaluate import (
     compute_metrics,
     demographic_metrics,
@@ -34,7 +34,7 @@ from training.evaluate import (
     predict_logits,
 )
 from training.model_card import render_card
-from training.models import AgeClassifier, conv_flops, count_parameters
+from training.models import AgeClassifier, OrdinalTeacher, conv_flops, count_parameters
 from training.ordinal import load_ordinal_teacher, order_accuracy, train_ordinal_teacher
 from training.prepare import build_cache
 
@@ -128,19 +128,14 @@ def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, la
     return np.hstack([b, np.ones((len(b), 1))]) @ w
 
 
-def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
-    out = cfg.run_dir / "ordinal_teacher"
-    result = out / "result.json"
-    if result.exists():
-        return json.loads(result.read_text())
-    t0 = time.time()
-    device = resolve_device(cfg.device)
-    model = train_ordinal_teacher(cfg.ordinal, data.train, data.val, NORM, out, device).to(device)
+def ordinal_report(model: OrdinalTeacher, data: CachedData, cfg: OrdinalConfig) -> dict:
+    """Order-recovery accuracy on val and test sequences, and a linear read-out of age."""
+    device = module_device(model)
     rep: dict = {
-        "val": order_accuracy(model, data.val, cfg.ordinal, NORM, seed=1),
-        "test": order_accuracy(model, data.test, cfg.ordinal, NORM, seed=2),
-        "k": cfg.ordinal.k,
-        "min_gap": cfg.ordinal.min_gap,
+        "val": order_accuracy(model, data.val, cfg, NORM, seed=1),
+        "test": order_accuracy(model, data.test, cfg, NORM, seed=2),
+        "k": cfg.k,
+        "min_gap": cfg.min_gap,
         "parameters": count_parameters(model),
     }
     with torch.no_grad():
@@ -158,6 +153,18 @@ def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
     err = np.abs(pred - data.test.ages.numpy())
     rep["linear_probe_test_mae"] = round(float(err.mean()), 4)
     rep["linear_probe_test_cs5"] = round(float((err <= 5).mean()), 4)
+    return rep
+
+
+def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
+    out = cfg.run_dir / "ordinal_teacher"
+    result = out / "result.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    t0 = time.time()
+    device = resolve_device(cfg.device)
+    model = train_ordinal_teacher(cfg.ordinal, data.train, data.val, NORM, out, device).to(device)
+    rep = ordinal_report(model, data, cfg.ordinal)
     rep["train_seconds"] = round(time.time() - t0, 1)
     _write_json(result, rep)
     log.info(
@@ -405,7 +412,8 @@ def describe_student(cfg: PipelineConfig) -> str:
             f"student (alpha={d.alpha}, T={d.temperature})",
         ]
     else:
-        parts = [f"Compact student ({s.epochs} epochs)"]
+        source = "" if cfg.export.source == "student" else f", run `{cfg.export.source}`"
+        parts = [f"Compact student ({s.epochs} epochs{source})"]
     if d.alpha > 0 and not ba.enabled:
         parts.append(f"distilled from the dark-knowledge teacher (alpha={d.alpha}, T={d.temperature})")
     if d.beta > 0:
@@ -447,7 +455,8 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     if "export" in stages:
         final = cfg.born_again.name if cfg.born_again.enabled else cfg.export.source
         model = load_classifier(cfg.run_dir / final / "best.pt")
-        export_classifier(cfg, model, data, cfg.export.version, describe_student(cfg))
+        note = f"\n## Training\n{cfg.export.card_note.strip()}\n" if cfg.export.card_note.strip() else ""
+        export_classifier(cfg, model, data, cfg.export.version, describe_student(cfg), extra_card=note)
     summary["seconds"] = round(time.time() - t0, 1)
     _write_json(cfg.run_dir / "summary.json", summary)
     log.info("pipeline finished in %.1f min", summary["seconds"] / 60)

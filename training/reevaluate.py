@@ -1,0 +1,111 @@
+"""Evaluate every network of a finished run again, on a given crop cache.
+
+A run trained elsewhere (on a GPU machine, from the WebP-packed cache of `training/cache_pack.py`)
+reports its figures on the crops it was given. The figures that are published come from the
+original cache instead, through this module: each classifier's best.pt on val and test, one pass
+and flip-averaged (as exported), the ablation arms as mean and std over seeds, and the ordinal
+teacher's order accuracy and linear probe.
+
+    python -m training.reevaluate --config training/configs/utkface_gpu.toml \\
+        --out training/results/gpu_run_3.0.0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from agelens.ages import softmax
+from training.classifier import load_classifier
+from training.config import PipelineConfig
+from training.dataset import CachedData, load_data
+from training.evaluate import compute_metrics, predict_logits
+from training.export import FlipAveraged
+from training.ordinal import load_ordinal_teacher
+from training.pipeline import AGES, ARMS, NORM, ordinal_report
+
+
+def classifier_report(path: Path, data: CachedData) -> dict:
+    model = load_classifier(path)
+    out: dict = {}
+    for mode, net in (("one_pass", model), ("flip", FlipAveraged(model).eval())):
+        for part in ("val", "test"):
+            p = data.part(part)
+            m = compute_metrics(softmax(predict_logits(net, p.crops, NORM)), p.ages.numpy(), AGES, part)
+            out[f"{part}_{mode}"] = {
+                "mae": m.mae,
+                "cs5": m.cs5,
+                "bands": {b.name: b.mae for b in m.bands},
+            }
+    return out
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    a: NDArray[np.float64] = np.array(values, dtype=np.float64)
+    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)}
+
+
+def arm_summary(runs: dict[str, dict]) -> dict:
+    out: dict = {}
+    for key in ("val_one_pass", "test_one_pass", "val_flip", "test_flip"):
+        out[key] = {
+            "mae": mean_std([r[key]["mae"] for r in runs.values()]),
+            "cs5": mean_std([r[key]["cs5"] for r in runs.values()]),
+            "bands_mae_mean": {
+                band: round(float(np.mean([r[key]["bands"][band] for r in runs.values()])), 4)
+                for band in next(iter(runs.values()))[key]["bands"]
+            },
+        }
+    return out
+
+
+def reevaluate(cfg: PipelineConfig, cache: Path) -> dict:
+    data = load_data(cache)
+    rd = cfg.run_dir
+    report: dict = {"cache": str(cache), "run_dir": str(rd), "runs": {}, "arms": {}}
+    for name in ("dk_teacher", "student"):
+        if (rd / name / "best.pt").exists():
+            report["runs"][name] = classifier_report(rd / name / "best.pt", data)
+    for arm in ARMS:
+        runs = {}
+        for seed in cfg.ablation.seeds:
+            path = rd / "ablation" / f"{arm}_seed{seed}" / "best.pt"
+            if path.exists():
+                runs[f"{arm}_seed{seed}"] = classifier_report(path, data)
+        if runs:
+            report["runs"].update(runs)
+            report["arms"][arm] = {"seeds": len(runs), **arm_summary(runs)}
+    if (rd / "ordinal_teacher" / "best.pt").exists():
+        report["ordinal_teacher"] = ordinal_report(
+            load_ordinal_teacher(rd / "ordinal_teacher" / "best.pt"), data, cfg.ordinal
+        )
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, help="crop cache to evaluate on (default: the config's)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = PipelineConfig.load(args.config)
+    report = reevaluate(cfg, args.cache or cfg.data.cache)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for arm, s in report["arms"].items():
+        print(
+            f"{arm:16s} val {s['val_one_pass']['mae']['mean']:.3f}±{s['val_one_pass']['mae']['std']:.3f} "
+            f"test {s['test_one_pass']['mae']['mean']:.3f}±{s['test_one_pass']['mae']['std']:.3f} | flip: "
+            f"val {s['val_flip']['mae']['mean']:.3f} test {s['test_flip']['mae']['mean']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
