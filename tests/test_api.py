@@ -186,7 +186,8 @@ def test_many_faces_at_different_scales(app_client) -> None:  # type: ignore[no-
     placed = [place(canvas, face_rgb(p), x, y, s) for (p, _), (x, y, s) in zip(picks, slots, strict=True)]
     body = post(app_client, encode(canvas, "JPEG", quality=95)).json()
     assert body["faces_detected"] == 4, body["faces_detected"]
-    for (px, py, pw, ph), (path, _) in zip(placed, picks, strict=True):
+    found: list[float] = []
+    for px, py, pw, ph in placed:
         cx, cy = px + pw / 2, py + ph / 2
         match = [
             f
@@ -195,8 +196,15 @@ def test_many_faces_at_different_scales(app_client) -> None:  # type: ignore[no-
             and abs(f["box"]["y"] + f["box"]["height"] / 2 - cy) < ph * 0.3
         ]
         assert len(match) == 1, f"face at ({px},{py}) size {pw}: {len(match)} matches"
-        alone = post(app_client, face_bytes(path)).json()["faces"][0]["age"]
-        assert abs(match[0]["age"] - alone) < 5.0, (path.name, match[0]["age"], alone)
+        found.append(match[0]["age"])
+    # Each face is estimated from its own crop: its age in the group photo stays near its age
+    # when sent alone (a crop of the child or the old face in place of another would be 20-60
+    # years off). The bound is loose on purpose: resizing and re-encoding move one face's
+    # estimate by 2 years on average and 4.7 at the 90th percentile with 3.0.0
+    # (benchmarks/results/photo_robustness.json), so a tight bound would test the model's luck.
+    alone = [post(app_client, face_bytes(path)).json()["faces"][0]["age"] for path, _ in picks]
+    for (path, _), age, own in zip(picks, found, alone, strict=True):
+        assert abs(age - own) < 10.0, (path.name, age, alone)
 
 
 @needs_dataset

@@ -1,0 +1,91 @@
+"""Training on another machine: the device choice, the WebP-packed cache, the parallel driver and
+the re-evaluation of its runs on the original crops."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO, needs_dataset
+from tests.test_training_smoke import write_config
+from training.cache_pack import pack, unpack
+from training.device import resolve_device
+
+
+def test_device_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_packed_cache_round_trip(tmp_path: Path) -> None:
+    # Smooth synthetic "faces" (gradients and blobs), like real crops and unlike noise, which
+    # no lossy codec keeps.
+    yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
+    crops = np.stack(
+        [
+            np.stack([xx * 3 + i, yy * 3, 128 + 60 * np.sin((xx + yy + i) / 9.0)], -1).clip(0, 255)
+            for i in range(12)
+        ]
+    ).astype(np.uint8)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.save(cache / "crops.npy", crops)
+    (cache / "index.csv").write_text("row,filename,age,gender,race,split,faces_found\n")
+    (cache / "alignment.json").write_text("{}")
+    info = pack(cache, tmp_path / "pack")
+    assert info["crops"] == 12 and info["bytes"] < crops.nbytes / 3
+    assert unpack(tmp_path / "pack", tmp_path / "back") == 12
+    back = np.load(tmp_path / "back" / "crops.npy")
+    assert back.shape == crops.shape and back.dtype == np.uint8
+    # Channel order survives (a swap would cost ~100 grey levels here), detail nearly so.
+    assert np.abs(back.astype(int) - crops).mean() < 3.0
+    assert (tmp_path / "back" / "index.csv").read_text() == (cache / "index.csv").read_text()
+
+
+@needs_dataset
+@pytest.mark.slow
+def test_parallel_driver_and_reevaluation(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    run = [sys.executable, "-m"]
+    subprocess.run(
+        [*run, "agelens.cli", "train", "--config", str(cfg), "--stages", "prepare"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.run(
+        [*run, "training.parallel", "--config", str(cfg)], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rd = tmp_path / "run"
+    # Phase 2 ran one process per (arm, seed) through --arms/--seeds; phase 3 collected them all.
+    logs = {p.stem for p in (rd / "parallel").glob("*.log")}
+    assert {"dk_teacher", "ordinal_teacher", "student", "student_dk_hint_seed1", "ablation"} <= logs
+    ablation = json.loads((rd / "ablation" / "ablation.json").read_text())
+    assert set(ablation["arms"]) == {"student_ce", "student_dk", "student_hint", "student_dk_hint"}
+    assert all(len(arm["runs"]) == 2 for arm in ablation["arms"].values())
+    effective = json.loads((rd / "config.effective.json").read_text())
+    assert effective["student"]["epochs"] == 1
+    out = tmp_path / "reeval.json"
+    subprocess.run(
+        [*run, "training.reevaluate", "--config", str(cfg), "--out", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    report = json.loads(out.read_text())
+    assert set(report["arms"]) == set(ablation["arms"])
+    assert report["arms"]["student_dk"]["seeds"] == 2
+    # The same checkpoint evaluated on the same crops gives the pipeline's own test MAE.
+    student = json.loads((rd / "student" / "result.json").read_text())
+    assert report["runs"]["student"]["test_one_pass"]["mae"] == pytest.approx(student["mae"], abs=1e-3)
+    assert report["ordinal_teacher"]["test"]["chance"] == pytest.approx(1 / 12)
