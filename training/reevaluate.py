@@ -30,18 +30,21 @@ from training.ordinal import load_ordinal_teacher
 from training.pipeline import AGES, ARMS, NORM, ordinal_report
 
 
-def classifier_report(path: Path, data: CachedData) -> dict:
+def metrics_entry(probs: NDArray[np.floating], data: CachedData, part: str) -> dict:
+    m = compute_metrics(probs, data.part(part).ages.numpy(), AGES, part)
+    return {"mae": m.mae, "cs5": m.cs5, "bands": {b.name: b.mae for b in m.bands}}
+
+
+def classifier_report(path: Path, data: CachedData, probs_out: dict[str, list] | None = None) -> dict:
+    """One network's figures; its flip-averaged probabilities are appended to `probs_out`."""
     model = load_classifier(path)
     out: dict = {}
     for mode, net in (("one_pass", model), ("flip", FlipAveraged(model).eval())):
         for part in ("val", "test"):
-            p = data.part(part)
-            m = compute_metrics(softmax(predict_logits(net, p.crops, NORM)), p.ages.numpy(), AGES, part)
-            out[f"{part}_{mode}"] = {
-                "mae": m.mae,
-                "cs5": m.cs5,
-                "bands": {b.name: b.mae for b in m.bands},
-            }
+            probs = softmax(predict_logits(net, data.part(part).crops, NORM))
+            out[f"{part}_{mode}"] = metrics_entry(probs, data, part)
+            if probs_out is not None and mode == "flip":
+                probs_out[part].append(probs)
     return out
 
 
@@ -68,18 +71,26 @@ def reevaluate(cfg: PipelineConfig, cache: Path) -> dict:
     data = load_data(cache)
     rd = cfg.run_dir
     report: dict = {"cache": str(cache), "run_dir": str(rd), "runs": {}, "arms": {}}
+    probs: dict[str, list] = {"val": [], "test": []}
     for name in ("dk_teacher", "student"):
         if (rd / name / "best.pt").exists():
-            report["runs"][name] = classifier_report(rd / name / "best.pt", data)
+            report["runs"][name] = classifier_report(rd / name / "best.pt", data, probs)
     for arm in ARMS:
         runs = {}
         for seed in cfg.ablation.seeds:
             path = rd / "ablation" / f"{arm}_seed{seed}" / "best.pt"
             if path.exists():
-                runs[f"{arm}_seed{seed}"] = classifier_report(path, data)
+                runs[f"{arm}_seed{seed}"] = classifier_report(path, data, probs)
         if runs:
             report["runs"].update(runs)
             report["arms"][arm] = {"seeds": len(runs), **arm_summary(runs)}
+    if len(probs["val"]) > 1:
+        # The mean of every network's flip-averaged distribution: what the same architecture
+        # reaches when many runs vote, i.e. a ceiling for teachers built from it.
+        report["ensemble_of_all_runs_flip"] = {
+            "members": len(probs["val"]),
+            **{part: metrics_entry(np.mean(probs[part], axis=0), data, part) for part in ("val", "test")},
+        }
     if (rd / "ordinal_teacher" / "best.pt").exists():
         report["ordinal_teacher"] = ordinal_report(
             load_ordinal_teacher(rd / "ordinal_teacher" / "best.pt"), data, cfg.ordinal
