@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,19 @@ def test_packed_cache_round_trip(tmp_path: Path) -> None:
     # Channel order survives (a swap would cost ~100 grey levels here), detail nearly so.
     assert np.abs(back.astype(int) - crops).mean() < 3.0
     assert (tmp_path / "back" / "index.csv").read_text() == (cache / "index.csv").read_text()
+
+
+def test_a_failed_job_stops_the_others_at_once(tmp_path: Path) -> None:
+    from training.parallel import run_together
+
+    t0 = time.time()
+    jobs = {
+        "slow": [sys.executable, "-c", "import time; time.sleep(60)"],
+        "bad": [sys.executable, "-c", "print('broken config'); raise SystemExit(3)"],
+    }
+    with pytest.raises(RuntimeError, match=r"bad failed \(exit 3\)[\s\S]*broken config"):
+        run_together(jobs, tmp_path)
+    assert time.time() - t0 < 20
 
 
 @needs_dataset

@@ -42,23 +42,29 @@ def train_cmd(config: Path, stages: str, *extra: str) -> list[str]:
 
 
 def run_together(jobs: dict[str, list[str]], log_dir: Path) -> float:
-    """Start every job, wait for all; on any failure stop the rest and show the failed log."""
+    """Start every job and wait for all. The first failure stops the others at once (a device
+    lease is short: eight runs must not go on for minutes after the ninth has failed) and
+    raises with the end of the failed job's log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    procs = {}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     for name, cmd in jobs.items():
-        fh = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed when the process ends
-        procs[name] = (subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), fh)
-    failed = []
-    for name, (proc, fh) in procs.items():
-        if proc.wait() != 0:
-            failed.append(name)
-        fh.close()
-    if failed:
-        for _, (proc, _) in procs.items():
-            proc.kill()
-        tail = (log_dir / f"{failed[0]}.log").read_text().splitlines()[-30:]
-        raise RuntimeError(f"{', '.join(failed)} failed; end of {failed[0]}.log:\n" + "\n".join(tail))
+        with open(log_dir / f"{name}.log", "w") as fh:  # the child keeps its own copy of the fd
+            procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    running = dict(procs)
+    while running:
+        for name, proc in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del running[name]
+            if rc != 0:
+                for other in running.values():
+                    other.kill()
+                    other.wait()
+                tail = (log_dir / f"{name}.log").read_text().splitlines()[-30:]
+                raise RuntimeError(f"{name} failed (exit {rc}); end of {name}.log:\n" + "\n".join(tail))
+        time.sleep(0.5)
     return time.time() - t0
 
 
