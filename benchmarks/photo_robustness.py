@@ -30,19 +30,16 @@ sys.path.insert(0, str(REPO))
 
 from service.app import load_estimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from training.data import read_split  # noqa: E402
 
 DATASET = REPO.parent / "shared" / "datasets" / "utkface"
 CONDITIONS = {"photo_220": 220, "photo_110": 110}
 
 
 def test_faces(n: int, seed: int = 0) -> list[tuple[Path, int]]:
-    rows = [
-        line.split(",")
-        for line in (REPO / "training/splits/utkface.csv").read_text().splitlines()[1:]
-        if line.endswith(",test")
-    ]
+    rows = [r for r in read_split(REPO / "training/splits/utkface.csv") if r.split == "test"]
     picks = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
-    return [(DATASET / rows[i][0], int(rows[i][1])) for i in sorted(picks)]
+    return [(DATASET / rows[i].filename, rows[i].age) for i in sorted(picks)]
 
 
 def as_photo(chip: Path, size: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,15 @@ from agelens.manifest import Normalisation
 def to_float(batch_u8: Tensor) -> Tensor:
     """(N, S, S, 3) uint8 -> (N, 3, S, S) float in [0, 1]."""
     return batch_u8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalised_batches(
+    crops: Tensor, norm: Normalisation, device: torch.device, batch_size: int = 512
+) -> Iterator[Tensor]:
+    """Cached uint8 crops, `batch_size` at a time, as normalised float batches on `device`
+    (one batch on the device at a time; the crops stay in host memory)."""
+    for i in range(0, len(crops), batch_size):
+        yield normalise(to_float(crops[i : i + batch_size].to(device)), norm)
 
 
 def normalise(x: Tensor, norm: Normalisation) -> Tensor:

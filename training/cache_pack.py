@@ -17,6 +17,7 @@ import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -25,20 +26,18 @@ import numpy as np
 SIDE_FILES = ("index.csv", "alignment.json", "stats.json")
 
 
-def pack(cache_dir: Path, out_dir: Path, quality: int = 95) -> dict[str, float]:
+def pack(cache_dir: Path, out_dir: Path, quality: int = 95) -> dict[str, Any]:
     crops = np.load(cache_dir / "crops.npy", mmap_mode="r")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # The channel order is kept as is: imencode and imdecode are each other's inverse whatever
-    # the order means.
+
+    def encode(crop: np.ndarray) -> bytes:
+        # The channel order is kept as is: imencode and imdecode are each other's inverse
+        # whatever the order means.
+        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
+        return cv2.imencode(".webp", np.ascontiguousarray(crop), params)[1].tobytes()
+
     with ThreadPoolExecutor() as pool:
-        blobs = list(
-            pool.map(
-                lambda c: cv2.imencode(".webp", np.ascontiguousarray(c), [cv2.IMWRITE_WEBP_QUALITY, quality])[
-                    1
-                ].tobytes(),
-                crops,
-            )
-        )
+        blobs = list(pool.map(encode, crops))
     offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
     (out_dir / "crops.webp.bin").write_bytes(b"".join(blobs))
     np.save(out_dir / "offsets.npy", offsets)

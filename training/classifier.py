@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from agelens.ages import expected_age, softmax
 from agelens.manifest import Normalisation
-from training.augment import augment, normalise, to_float
+from training.augment import augment, normalise, normalised_batches, to_float
 from training.checkpoint import load_resume_state, save_resume_state
 from training.config import ClassifierConfig, DistillConfig
 from training.dataset import NUM_CLASSES, CachedData
@@ -66,8 +66,7 @@ def compute_teacher_targets(
     # Computed on the teachers' device, kept in host memory next to the crops they describe.
     teacher = dk if dk is not None else ordinal
     dev = module_device(teacher) if teacher is not None else torch.device("cpu")
-    for i in range(0, len(crops), batch):
-        x = normalise(to_float(crops[i : i + batch].to(dev)), norm)
+    for x in normalised_batches(crops, norm, dev, batch):
         pair = torch.stack([x, x.flip(3)], 1).flatten(0, 1).contiguous(memory_format=torch.channels_last)
         if dk is not None:
             outs["dk"].append(dk(pair).view(len(x), 2, -1).cpu())
@@ -262,6 +261,11 @@ def train_classifier(
     final.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
     final.eval()
     return final
+
+
+def read_history(path: Path) -> list[dict]:
+    """The per-epoch records `train_classifier` appends to history.jsonl."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_classifier(path: Path) -> AgeClassifier:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from agelens.ages import AGE_BANDS, central_interval, expected_age, softmax
 from agelens.manifest import AgeBand, Metrics, Normalisation
-from training.augment import normalise, to_float
+from training.augment import normalised_batches
 from training.data import Record
 from training.device import module_device
 
@@ -24,12 +24,17 @@ def predict_logits(
     model: nn.Module, crops: Tensor, norm: Normalisation, batch_size: int = 512
 ) -> NDArray[np.float32]:
     model.eval()
-    dev = module_device(model)
-    out = []
-    for i in range(0, len(crops), batch_size):
-        x = normalise(to_float(crops[i : i + batch_size].to(dev)), norm)
-        out.append(model(x).float().cpu().numpy())
+    out = [
+        model(x).float().cpu().numpy()
+        for x in normalised_batches(crops, norm, module_device(model), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 101), dtype=np.float32)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for a single value) over seeds, rounded as reported."""
+    a = np.asarray(values, dtype=np.float64)
+    return round(float(a.mean()), 4), round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)
 
 
 def _mae_cs5(pred: NDArray[np.floating], true: NDArray[np.floating]) -> tuple[float, float]:

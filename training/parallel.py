@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from training.classifier import read_history
 from training.config import PipelineConfig
 
 
@@ -47,11 +48,10 @@ def run_together(jobs: dict[str, list[str]], log_dir: Path) -> float:
     raises with the end of the failed job's log."""
     log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    running: dict[str, subprocess.Popen[bytes]] = {}
     for name, cmd in jobs.items():
         with open(log_dir / f"{name}.log", "w") as fh:  # the child keeps its own copy of the fd
-            procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    running = dict(procs)
+            running[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     while running:
         for name, proc in list(running.items()):
             rc = proc.poll()
@@ -100,8 +100,7 @@ def run_phases(cfg: PipelineConfig, config_path: Path) -> dict[str, float]:
 
 def epoch_seconds(run: Path) -> float:
     """Seconds of a warm epoch: the last one logged (the first pays cuDNN's algorithm search)."""
-    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines() if line.strip()]
-    return float(rows[-1]["seconds"])
+    return float(read_history(run / "history.jsonl")[-1]["seconds"])
 
 
 def write_config(cfg: PipelineConfig, path: Path) -> Path:
@@ -121,7 +120,7 @@ def with_epochs(cfg: PipelineConfig, dk: int, ordinal: int, student: int) -> Pip
     )
 
 
-def fit_epochs(cfg: PipelineConfig, budget_s: float, teacher_ratio: float, spent_s: float) -> PipelineConfig:
+def fit_epochs(cfg: PipelineConfig, budget_s: float, teacher_ratio: float, started: float) -> PipelineConfig:
     """Probe at 2 epochs, then choose epochs that fit what is left of the budget."""
     probe = with_epochs(cfg, 2, 2, 2).model_copy(update={"run_dir": cfg.run_dir / "probe"})
     walls = run_phases(probe, write_config(probe, probe.run_dir / "config.effective.json"))
@@ -135,7 +134,7 @@ def fit_epochs(cfg: PipelineConfig, budget_s: float, teacher_ratio: float, spent
     fixed = (
         (walls["phase1"] - 2 * max(t_dk, t_ord)) + (walls["phase2"] - 2 * t_student) + walls.get("phase3", 0)
     )
-    left = budget_s - (time.time() - spent_s) - fixed
+    left = budget_s - (time.time() - started) - fixed
     # 10 % margin: a longer run also validates and checkpoints more often than the probe shows.
     student = max(2, math.floor(0.9 * left / (teacher_ratio * t_dk + t_student)))
     dk = max(2, round(teacher_ratio * student))
@@ -170,8 +169,7 @@ def main() -> None:
             "ablation": cfg.ablation.epochs,
         },
         "student_epoch_seconds_median": statistics.median(
-            json.loads(line)["seconds"]
-            for line in (cfg.run_dir / "student" / "history.jsonl").read_text().splitlines()
+            r["seconds"] for r in read_history(cfg.run_dir / "student" / "history.jsonl")
         ),
     }
     (cfg.run_dir / "parallel" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -20,8 +20,14 @@ import torch
 
 from agelens.ages import expected_age, softmax
 from agelens.manifest import AlignmentSpec, Normalisation, sha256_file
-from training.augment import normalise, to_float
-from training.classifier import TeacherTargets, compute_teacher_targets, load_classifier, train_classifier
+from training.augment import normalised_batches
+from training.classifier import (
+    TeacherTargets,
+    compute_teacher_targets,
+    load_classifier,
+    read_history,
+    train_classifier,
+)
 from training.config import ClassifierConfig, DistillConfig, OrdinalConfig, PipelineConfig
 from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
 from training.dataset import NUM_CLASSES, CachedData, load_data
@@ -31,6 +37,7 @@ from training.evaluate import (
     demographic_metrics,
     fit_temperature,
     interval_coverage,
+    mean_std,
     predict_logits,
 )
 from training.model_card import render_card
@@ -142,10 +149,9 @@ def ordinal_report(model: OrdinalTeacher, data: CachedData, cfg: OrdinalConfig) 
 
         def emb(crops: torch.Tensor) -> np.ndarray:
             # The same normalisation as training and the manifest: never a hand-written copy.
-            batches = [
-                normalise(to_float(crops[i : i + 512].to(device)), NORM) for i in range(0, len(crops), 512)
-            ]
-            return torch.cat([model.embed_faces(x).cpu() for x in batches]).numpy()
+            return torch.cat(
+                [model.embed_faces(x).cpu() for x in normalised_batches(crops, NORM, device)]
+            ).numpy()
 
         pred = ridge_probe(
             emb(data.train.crops), data.train.ages.numpy().astype(np.float64), emb(data.test.crops)
@@ -239,8 +245,7 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
 
 def best_val_mae(history: Path) -> float:
     """The best val MAE of a classifier run (the epoch its best.pt holds)."""
-    rows = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
-    return round(min(r["val_mae"] for r in rows), 4)
+    return round(min(r["val_mae"] for r in read_history(history)), 4)
 
 
 ARMS = {
@@ -269,9 +274,9 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
             rep["best_val_mae"] = best_val_mae(out_dir / "history.jsonl")
             runs.append(rep)
             log.info("ablation %s seed %d: test MAE %.3f", arm, seed, rep["mae"])
-        maes = np.array([r["mae"] for r in runs])
-        vals = np.array([r["best_val_mae"] for r in runs])
-        cs5s = np.array([r["cs5"] for r in runs])
+        mae_mean, mae_std = mean_std([r["mae"] for r in runs])
+        cs5_mean, cs5_std = mean_std([r["cs5"] for r in runs])
+        val_mean, val_std = mean_std([r["best_val_mae"] for r in runs])
         bands = {
             b["name"]: float(
                 np.mean([next(x["mae"] for x in r["bands"] if x["name"] == b["name"]) for r in runs])
@@ -279,12 +284,12 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
             for b in runs[0]["bands"]
         }
         results[arm] = {
-            "mae_mean": round(float(maes.mean()), 4),
-            "mae_std": round(float(maes.std(ddof=1)) if len(maes) > 1 else 0.0, 4),
-            "cs5_mean": round(float(cs5s.mean()), 4),
-            "cs5_std": round(float(cs5s.std(ddof=1)) if len(cs5s) > 1 else 0.0, 4),
-            "val_mae_mean": round(float(vals.mean()), 4),
-            "val_mae_std": round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, 4),
+            "mae_mean": mae_mean,
+            "mae_std": mae_std,
+            "cs5_mean": cs5_mean,
+            "cs5_std": cs5_std,
+            "val_mae_mean": val_mean,
+            "val_mae_std": val_std,
             "band_mae_mean": bands,
             "seeds": ab.seeds,
             "epochs": ab.epochs,

@@ -24,7 +24,7 @@ from agelens.ages import softmax
 from training.classifier import load_classifier
 from training.config import PipelineConfig
 from training.dataset import CachedData, load_data
-from training.evaluate import compute_metrics, predict_logits
+from training.evaluate import compute_metrics, mean_std, predict_logits
 from training.export import FlipAveraged
 from training.ordinal import load_ordinal_teacher
 from training.pipeline import AGES, ARMS, NORM, ordinal_report
@@ -48,17 +48,17 @@ def classifier_report(path: Path, data: CachedData, probs_out: dict[str, list] |
     return out
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
-    a: NDArray[np.float64] = np.array(values, dtype=np.float64)
-    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)}
+def mean_std_entry(values: list[float]) -> dict[str, float]:
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std}
 
 
 def arm_summary(runs: dict[str, dict]) -> dict:
     out: dict = {}
     for key in ("val_one_pass", "test_one_pass", "val_flip", "test_flip"):
         out[key] = {
-            "mae": mean_std([r[key]["mae"] for r in runs.values()]),
-            "cs5": mean_std([r[key]["cs5"] for r in runs.values()]),
+            "mae": mean_std_entry([r[key]["mae"] for r in runs.values()]),
+            "cs5": mean_std_entry([r[key]["cs5"] for r in runs.values()]),
             "bands_mae_mean": {
                 band: round(float(np.mean([r[key]["bands"][band] for r in runs.values()])), 4)
                 for band in next(iter(runs.values()))[key]["bands"]
