@@ -109,6 +109,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             }
         )
         cfg = cfg.model_copy(update={"ablation": ab})
+    if args.seeds and cfg.born_again.enabled:
+        # The same override picks the born-again seeds (one process per seed, as for the arms).
+        ba = cfg.born_again.model_copy(update={"seeds": [int(v) for v in args.seeds.split(",")]})
+        cfg = cfg.model_copy(update={"born_again": ba})
     stages = args.stages.split(",") if args.stages else list(STAGES)
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -223,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config's device")
     t.add_argument("--arms", help="comma-separated ablation arms to run, overriding the config")
-    t.add_argument("--seeds", help="comma-separated ablation seeds to run, overriding the config")
+    t.add_argument(
+        "--seeds", help="comma-separated ablation (and born-again) seeds to run, overriding the config"
+    )
     t.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="evaluate a model-store entry with onnxruntime on a cached split")

@@ -215,3 +215,33 @@ def test_int8_weights_use_seven_bits_and_track_the_float_model(tmp_path: Path) -
     )
     ages = np.arange(101)
     assert np.abs(p_float @ ages - p_int8 @ ages).max() < 1.0
+
+
+def test_online_teachers_with_mixup_train_and_match_their_members(tmp_path: Path) -> None:
+    """Born-again `online`: the ensemble's target is the log of its members' mean probability on
+    the very batch the student sees; mixup is refused with offline targets, which describe
+    unmixed crops."""
+    from agelens.manifest import Normalisation
+    from training.classifier import OnlineTeachers, TeacherTargets, train_classifier
+    from training.config import ClassifierConfig, DistillConfig
+
+    torch.manual_seed(0)
+    members = [AgeClassifier(), AgeClassifier()]
+    teachers = OnlineTeachers(members, OrdinalTeacher(k=4, embed_dim=32))
+    x = torch.randn(3, 3, 64, 64)
+    logits, embed = teachers(x)
+    assert logits is not None and embed is not None and embed.shape == (3, 32)
+    with torch.no_grad():
+        mean = (members[0](x).softmax(-1) + members[1](x).softmax(-1)) / 2
+    assert torch.allclose(logits.exp(), mean, atol=1e-6)
+    assert not any(m.training for m in members)  # BN statistics frozen, dropout off
+
+    data = _random_data()
+    cfg = ClassifierConfig(epochs=2, batch_size=16, mixup=1.0)
+    distill = DistillConfig(alpha=1.0, beta=1.0, temperature=2.0)
+    train_classifier(cfg, data, Normalisation(), tmp_path / "online", distill=distill, online=teachers)  # type: ignore[arg-type]
+    history = [json.loads(line) for line in (tmp_path / "online" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and all(h["kd"] > 0 and h["hint"] > 0 for h in history)
+    offline = TeacherTargets(dk_logits=torch.zeros(len(data.train), 2, 101))  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="mixup needs online teachers"):
+        train_classifier(cfg, data, Normalisation(), tmp_path / "offline", offline, distill)  # type: ignore[arg-type]

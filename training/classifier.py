@@ -77,6 +77,50 @@ def compute_teacher_targets(
     )
 
 
+@dataclass
+class OnlineTeachers:
+    """Teachers run on the student's own batch at every step (born-again `online`).
+
+    Offline targets describe only the fixed crop and its mirror; a teacher run on the batch the
+    student sees (same jitter, same mixup) gives a target for every new image, which is what
+    lets a long schedule keep learning from it ("consistent teaching", Beyer et al., 2022). The
+    dark knowledge of several members is the log of their mean probability (each member's
+    uncertainty kept, as in `ensemble_teacher_logits`).
+    """
+
+    members: list[AgeClassifier]
+    ordinal: OrdinalTeacher | None = None
+
+    def __post_init__(self) -> None:
+        for m in [*self.members, *([self.ordinal] if self.ordinal is not None else [])]:
+            m.eval()
+
+    @property
+    def embed_dim(self) -> int | None:
+        return self.ordinal.embed_dim if self.ordinal is not None else None
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        logits = None
+        if self.members:
+            probs = torch.stack([m(x).softmax(-1) for m in self.members]).mean(0)
+            logits = probs.clamp_min(1e-12).log()
+        embed = self.ordinal.embed_faces(x) if self.ordinal is not None else None
+        return logits, embed
+
+
+def mixed_label_loss(
+    logits: Tensor, ages: Tensor, mix: tuple[float, Tensor] | None, sigma: float, l1_weight: float
+) -> Tensor:
+    """The label loss of a batch, mixed with the same weight as its images (mixup)."""
+    if mix is None:
+        return label_loss(logits, ages, sigma, l1_weight)
+    lam, partner = mix
+    return lam * label_loss(logits, ages, sigma, l1_weight) + (1 - lam) * label_loss(
+        logits, ages[partner], sigma, l1_weight
+    )
+
+
 def build_classifier(cfg: ClassifierConfig) -> AgeClassifier:
     return AgeClassifier(NUM_CLASSES, cfg.widths, cfg.blocks, cfg.stem, cfg.dropout)
 
@@ -129,24 +173,33 @@ def train_classifier(
     targets: TeacherTargets | None = None,
     distill: DistillConfig | None = None,
     device: torch.device | None = None,
+    online: OnlineTeachers | None = None,
 ) -> AgeClassifier:
     """Train, keep the epoch with the best val MAE, and return that model (loaded from best.pt,
-    on the CPU: evaluation and export run there)."""
+    on the CPU: evaluation and export run there). Teachers give offline `targets` (per cached
+    crop and mirror) or run `online` on every batch; not both."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = targets or TeacherTargets()
     distill = distill or DistillConfig(alpha=0.0, beta=0.0)
-    use_kd = targets.dk_logits is not None and distill.alpha > 0
-    use_hint = targets.ordinal_embed is not None and distill.beta > 0
+    offline = targets.dk_logits is not None or targets.ordinal_embed is not None
+    if online is not None and offline:
+        raise ValueError("teachers are either offline targets or online, not both")
+    if cfg.mixup > 0 and offline:
+        # An offline target describes the unmixed crop; it would be wrong for a mixed image.
+        raise ValueError("mixup needs online teachers (or none): offline targets describe unmixed crops")
+    use_kd = distill.alpha > 0 and (targets.dk_logits is not None or bool(online and online.members))
+    use_hint = distill.beta > 0 and (targets.ordinal_embed is not None or bool(online and online.ordinal))
     torch.manual_seed(cfg.seed)
     device = device or torch.device("cpu")
     model = build_classifier(cfg).to(device, memory_format=torch.channels_last)
     adapter: nn.Module | None = None
     params = list(model.parameters())
     if use_hint:
-        assert targets.ordinal_embed is not None
+        embed_dim = targets.ordinal_embed.shape[-1] if targets.ordinal_embed is not None else online.embed_dim  # type: ignore[union-attr]
+        assert embed_dim is not None
         # Training-only projection from the student's pooled feature into the teacher's
         # embedding space; it is not part of the exported student.
-        adapter = nn.Linear(model.feature_dim, targets.ordinal_embed.shape[-1]).to(device)
+        adapter = nn.Linear(model.feature_dim, embed_dim).to(device)
         params += list(adapter.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(data.train)
@@ -194,18 +247,30 @@ def train_classifier(
             xa, flipped = augment(to_float(data.train.crops[idx].to(device, non_blocking=True)), gen)
             x = normalise(xa, norm).contiguous(memory_format=torch.channels_last)
             y = data.train.ages[idx].to(device, non_blocking=True)
+            mix: tuple[float, Tensor] | None = None
+            # Drawn only when mixup is on, so runs without it keep their random stream.
+            if cfg.mixup > 0 and float(torch.rand(1, generator=gen)) < cfg.mixup:
+                lam = float(torch.rand(1, generator=gen))
+                partner = torch.randperm(len(idx), generator=gen).to(device)
+                x = lam * x + (1 - lam) * x[partner]
+                mix = (lam, partner)
             feat, logits = model.forward_features(x)
-            l_label = label_loss(logits, y, cfg.label_sigma, cfg.l1_weight)
+            l_label = mixed_label_loss(logits, y, mix, cfg.label_sigma, cfg.l1_weight)
             loss = l_label
             view = flipped.long()
+            t_logits, t_emb = online(x) if online is not None and (use_kd or use_hint) else (None, None)
             if use_kd:
-                assert targets.dk_logits is not None
-                l_kd = kd_loss(logits, targets.dk_logits[idx, view].to(device), distill.temperature)
+                if t_logits is None:
+                    assert targets.dk_logits is not None
+                    t_logits = targets.dk_logits[idx, view].to(device)
+                l_kd = kd_loss(logits, t_logits, distill.temperature)
                 loss = loss + distill.alpha * l_kd
                 sums["kd"] = sums["kd"] + l_kd.detach()
             if use_hint:
-                assert targets.ordinal_embed is not None and adapter is not None
-                t_emb = targets.ordinal_embed[idx, view].to(device)
+                assert adapter is not None
+                if t_emb is None:
+                    assert targets.ordinal_embed is not None
+                    t_emb = targets.ordinal_embed[idx, view].to(device)
                 l_hint = hint_loss(adapter(feat), t_emb, distill.hint_loss)
                 loss = loss + distill.beta * l_hint
                 sums["hint"] = sums["hint"] + l_hint.detach()

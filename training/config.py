@@ -39,6 +39,10 @@ class ClassifierConfig(BaseModel):
     # Exponential moving average of the weights (0 = off). The EMA model is the one validated,
     # checkpointed and exported: it averages out the last epochs' noise at no training cost.
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    # Probability that a training batch is mixed with a shuffled copy of itself (mixup, lambda
+    # uniform in [0, 1]); the label loss is mixed the same way. With online teachers (born-again
+    # `online`) the teachers see the same mixed images: "function matching" (Beyer et al., 2022).
+    mixup: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class OrdinalConfig(BaseModel):
@@ -93,6 +97,13 @@ class BornAgainConfig(BaseModel):
     flip_average_targets: bool = False
     epochs: int = 60
     ema_decay: float = 0.998
+    # Online ("consistent") teaching: the teachers, and the ordinal teacher for the hint, run on
+    # every augmented (and mixed) training batch instead of on the fixed crop and its mirror, so
+    # the student is matched to the teacher on new images all along a long schedule (Beyer et al.,
+    # "Knowledge distillation: A good teacher is patient and consistent", CVPR 2022).
+    online: bool = False
+    # One run per seed, each in `<name>_seed<seed>`; empty: one run in `<name>` with the student's seed.
+    seeds: list[int] = []
 
 
 class ExportConfig(BaseModel):
@@ -122,8 +133,15 @@ class PipelineConfig(BaseModel):
     born_again: BornAgainConfig = BornAgainConfig()
     export: ExportConfig = ExportConfig()
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    # Read every teacher (dk_teacher, ordinal_teacher, born-again members) from this earlier run
+    # folder instead of run_dir: a later experiment reuses a run's teachers without training them.
+    teacher_dir: Path | None = None
     # "auto": the CUDA GPU when torch sees one, else the CPU. The same code runs on both.
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+
+    @property
+    def teachers_root(self) -> Path:
+        return self.teacher_dir or self.run_dir
 
     @classmethod
     def load(cls, path: Path) -> PipelineConfig:

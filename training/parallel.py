@@ -8,6 +8,10 @@ therefore run side by side, each in its own `agelens train` process on the same 
     phase 2: student | one process per (ablation arm, seed)
     phase 3: ablation (collects the cached per-run results into ablation.json)
 
+With `teacher_dir` set in the config, the teachers come from that earlier run: phase 1 is
+skipped, and phase 2 runs the ablation arms and one process per born-again seed (a longer or
+differently taught student generation reusing a run's teachers; utkface_gpu_patient.toml).
+
 With `--budget-s`, it first runs the same three phases for 2 epochs in `run_dir/probe` (which
 also proves every code path on the device), measures the seconds per epoch of each phase, and
 sets the epochs so that the real run fits the budget. The dark-knowledge teacher gets
@@ -32,6 +36,7 @@ from pathlib import Path
 
 from training.classifier import read_history
 from training.config import PipelineConfig
+from training.pipeline import born_again_runs
 
 
 def say(msg: str) -> None:
@@ -72,23 +77,37 @@ def ablation_runs(cfg: PipelineConfig) -> list[tuple[str, int]]:
     return [(arm, seed) for arm in cfg.ablation.arms for seed in cfg.ablation.seeds]
 
 
+def phase2_jobs(cfg: PipelineConfig, config_path: Path) -> dict[str, list[str]]:
+    """The student-sized runs, one process each; their folders are the keys."""
+    jobs: dict[str, list[str]] = {}
+    if cfg.teacher_dir is None:
+        jobs["student"] = train_cmd(config_path, "student")
+    elif cfg.born_again.enabled:
+        for name, seed in born_again_runs(cfg):
+            jobs[name] = train_cmd(config_path, "born_again", "--seeds", str(seed))
+    if cfg.ablation.enabled:
+        for arm, seed in ablation_runs(cfg):
+            jobs[f"ablation/{arm}_seed{seed}"] = train_cmd(
+                config_path, "ablation", "--arms", arm, "--seeds", str(seed)
+            )
+    return jobs
+
+
 def run_phases(cfg: PipelineConfig, config_path: Path) -> dict[str, float]:
     logs = cfg.run_dir / "parallel"
     walls: dict[str, float] = {}
-    say(f"phase 1: dk_teacher ({cfg.dk_teacher.epochs} ep) | ordinal_teacher ({cfg.ordinal.epochs} ep)")
-    walls["phase1"] = run_together(
-        {
-            "dk_teacher": train_cmd(config_path, "dk_teacher"),
-            "ordinal_teacher": train_cmd(config_path, "ordinal_teacher"),
-        },
-        logs,
-    )
-    jobs = {"student": train_cmd(config_path, "student")}
-    if cfg.ablation.enabled:
-        for arm, seed in ablation_runs(cfg):
-            jobs[f"{arm}_seed{seed}"] = train_cmd(
-                config_path, "ablation", "--arms", arm, "--seeds", str(seed)
-            )
+    if cfg.teacher_dir is None:
+        say(f"phase 1: dk_teacher ({cfg.dk_teacher.epochs} ep) | ordinal_teacher ({cfg.ordinal.epochs} ep)")
+        walls["phase1"] = run_together(
+            {
+                "dk_teacher": train_cmd(config_path, "dk_teacher"),
+                "ordinal_teacher": train_cmd(config_path, "ordinal_teacher"),
+            },
+            logs,
+        )
+    else:
+        say(f"phase 1 skipped: the teachers are read from {cfg.teacher_dir}")
+    jobs = {Path(name).name: cmd for name, cmd in phase2_jobs(cfg, config_path).items()}
     say(f"phase 2: {len(jobs)} processes ({cfg.student.epochs} ep each): {', '.join(jobs)}")
     walls["phase2"] = run_together(jobs, logs)
     if cfg.ablation.enabled:
@@ -116,6 +135,7 @@ def with_epochs(cfg: PipelineConfig, dk: int, ordinal: int, student: int) -> Pip
             "ordinal": cfg.ordinal.model_copy(update={"epochs": ordinal}),
             "student": cfg.student.model_copy(update={"epochs": student}),
             "ablation": cfg.ablation.model_copy(update={"epochs": student}),
+            "born_again": cfg.born_again.model_copy(update={"epochs": student}),
         }
     )
 
@@ -123,25 +143,27 @@ def with_epochs(cfg: PipelineConfig, dk: int, ordinal: int, student: int) -> Pip
 def fit_epochs(cfg: PipelineConfig, budget_s: float, teacher_ratio: float, started: float) -> PipelineConfig:
     """Probe at 2 epochs, then choose epochs that fit what is left of the budget."""
     probe = with_epochs(cfg, 2, 2, 2).model_copy(update={"run_dir": cfg.run_dir / "probe"})
-    walls = run_phases(probe, write_config(probe, probe.run_dir / "config.effective.json"))
-    t_dk = epoch_seconds(probe.run_dir / "dk_teacher")
-    t_ord = epoch_seconds(probe.run_dir / "ordinal_teacher")
-    t_student = max(
-        [epoch_seconds(probe.run_dir / "student")]
-        + [epoch_seconds(probe.run_dir / "ablation" / f"{a}_seed{s}") for a, s in ablation_runs(probe)]
-    )
+    config_path = write_config(probe, probe.run_dir / "config.effective.json")
+    walls = run_phases(probe, config_path)
+    teachers = cfg.teacher_dir is None
+    t_dk = epoch_seconds(probe.run_dir / "dk_teacher") if teachers else 0.0
+    t_ord = epoch_seconds(probe.run_dir / "ordinal_teacher") if teachers else 0.0
+    # Every student-sized run gets the same epochs, so the slowest sets them.
+    t_student = max(epoch_seconds(probe.run_dir / name) for name in phase2_jobs(probe, config_path))
     # What a phase costs besides its epochs (start-up, data, teacher targets, final evaluation).
     fixed = (
-        (walls["phase1"] - 2 * max(t_dk, t_ord)) + (walls["phase2"] - 2 * t_student) + walls.get("phase3", 0)
+        (walls.get("phase1", 0.0) - 2 * max(t_dk, t_ord))
+        + (walls["phase2"] - 2 * t_student)
+        + walls.get("phase3", 0)
     )
     left = budget_s - (time.time() - started) - fixed
     # 10 % margin: a longer run also validates and checkpoints more often than the probe shows.
     student = max(2, math.floor(0.9 * left / (teacher_ratio * t_dk + t_student)))
-    dk = max(2, round(teacher_ratio * student))
-    ordinal = max(2, math.floor(dk * t_dk / t_ord))
+    dk = max(2, round(teacher_ratio * student)) if teachers else cfg.dk_teacher.epochs
+    ordinal = max(2, math.floor(dk * t_dk / t_ord)) if teachers else cfg.ordinal.epochs
     say(
         f"probe: s/epoch dk {t_dk:.2f}, ordinal {t_ord:.2f}, "
-        f"student (worst of {1 + len(ablation_runs(cfg))}) {t_student:.2f}; fixed {fixed:.0f} s; "
+        f"student (worst of {len(phase2_jobs(probe, config_path))}) {t_student:.2f}; fixed {fixed:.0f} s; "
         f"{left:.0f} s left -> epochs dk {dk}, ordinal {ordinal}, student {student}"
     )
     return with_epochs(cfg, dk, ordinal, student)
@@ -159,7 +181,9 @@ def main() -> None:
     cfg = PipelineConfig.load(args.config)
     if args.budget_s:
         cfg = fit_epochs(cfg, args.budget_s, args.teacher_ratio, t0)
-    run_phases(cfg, write_config(cfg, cfg.run_dir / "config.effective.json"))
+    config_path = write_config(cfg, cfg.run_dir / "config.effective.json")
+    run_phases(cfg, config_path)
+    first = next(iter(phase2_jobs(cfg, config_path)))
     summary = {
         "seconds": round(time.time() - t0, 1),
         "epochs": {
@@ -167,9 +191,11 @@ def main() -> None:
             "ordinal": cfg.ordinal.epochs,
             "student": cfg.student.epochs,
             "ablation": cfg.ablation.epochs,
+            "born_again": cfg.born_again.epochs,
         },
-        "student_epoch_seconds_median": statistics.median(
-            r["seconds"] for r in read_history(cfg.run_dir / "student" / "history.jsonl")
+        "teacher_dir": str(cfg.teacher_dir) if cfg.teacher_dir else None,
+        f"{Path(first).name}_epoch_seconds_median": statistics.median(
+            r["seconds"] for r in read_history(cfg.run_dir / first / "history.jsonl")
         ),
     }
     (cfg.run_dir / "parallel" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

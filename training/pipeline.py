@@ -22,6 +22,7 @@ from agelens.ages import expected_age, softmax
 from agelens.manifest import AlignmentSpec, Normalisation, sha256_file
 from training.augment import normalised_batches
 from training.classifier import (
+    OnlineTeachers,
     TeacherTargets,
     compute_teacher_targets,
     load_classifier,
@@ -106,13 +107,14 @@ def run_classifier(
     targets: TeacherTargets | None = None,
     distill: DistillConfig | None = None,
     device: torch.device | None = None,
+    online: OnlineTeachers | None = None,
 ) -> dict:
     """Train (or resume) one classifier and return its test report (cached in result.json)."""
     result = out / "result.json"
     if result.exists():
         return json.loads(result.read_text())
     t0 = time.time()
-    model = train_classifier(cfg, data, NORM, out, targets, distill, device)
+    model = train_classifier(cfg, data, NORM, out, targets, distill, device, online)
     rep = test_report(model, data)
     rep["train_seconds"] = round(time.time() - t0, 1)
     _write_json(result, rep)
@@ -182,16 +184,23 @@ def stage_ordinal(cfg: PipelineConfig, data: CachedData) -> dict:
     return rep
 
 
-def teacher_targets(cfg: PipelineConfig, data: CachedData, need_dk: bool, need_ord: bool) -> TeacherTargets:
+def load_teachers(
+    cfg: PipelineConfig, need_dk: bool, need_ord: bool
+) -> tuple[AgeClassifier | None, OrdinalTeacher | None]:
+    """The dark-knowledge and ordinal teachers from `cfg.teachers_root`, on the training device."""
     device = resolve_device(cfg.device)
+    root = cfg.teachers_root
     dk = (
-        load_classifier(cfg.run_dir / "dk_teacher" / "best.pt").to(device, memory_format=torch.channels_last)
+        load_classifier(root / "dk_teacher" / "best.pt").to(device, memory_format=torch.channels_last)
         if need_dk
         else None
     )
-    ordinal = (
-        load_ordinal_teacher(cfg.run_dir / "ordinal_teacher" / "best.pt").to(device) if need_ord else None
-    )
+    ordinal = load_ordinal_teacher(root / "ordinal_teacher" / "best.pt").to(device) if need_ord else None
+    return dk, ordinal
+
+
+def teacher_targets(cfg: PipelineConfig, data: CachedData, need_dk: bool, need_ord: bool) -> TeacherTargets:
+    dk, ordinal = load_teachers(cfg, need_dk, need_ord)
     return compute_teacher_targets(data.train.crops, NORM, dk, ordinal)
 
 
@@ -223,24 +232,42 @@ def ensemble_teacher_logits(
     return mean.clamp_min(1e-12).log()
 
 
+def born_again_runs(cfg: PipelineConfig) -> list[tuple[str, int]]:
+    """(run folder under run_dir, seed) of each born-again run."""
+    ba = cfg.born_again
+    if not ba.seeds:
+        return [(ba.name, cfg.student.seed)]
+    return [(f"{ba.name}_seed{seed}", seed) for seed in ba.seeds]
+
+
 def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     """Second student generation, taught by earlier runs of the student (see BornAgainConfig)."""
     ba = cfg.born_again
-    members = [load_classifier(cfg.run_dir / name / "best.pt") for name in ba.teachers]
+    device = resolve_device(cfg.device)
+    members = [load_classifier(cfg.teachers_root / name / "best.pt") for name in ba.teachers]
     test_probs = np.mean([softmax(predict_logits(m, data.test.crops, NORM)) for m in members], axis=0)
     teacher_rep = compute_metrics(test_probs, data.test.ages.numpy(), AGES)
     log.info("born-again teachers %s: test MAE %.3f CS@5 %.3f", ba.teachers, teacher_rep.mae, teacher_rep.cs5)
-    targets = TeacherTargets(
-        dk_logits=ensemble_teacher_logits(members, data.train.crops, ba.flip_average_targets)
-    )
-    if cfg.distill.beta > 0:
-        targets.ordinal_embed = teacher_targets(cfg, data, False, True).ordinal_embed
-    scfg = cfg.student.model_copy(update={"epochs": ba.epochs, "ema_decay": ba.ema_decay})
-    rep = run_classifier(scfg, data, cfg.run_dir / ba.name, targets, cfg.distill, resolve_device(cfg.device))
-    rep["teacher_ensemble_test"] = {"mae": teacher_rep.mae, "cs5": teacher_rep.cs5}
-    _write_json(cfg.run_dir / ba.name / "result.json", rep)
-    log.info("born-again student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
-    return rep
+    online: OnlineTeachers | None = None
+    targets = TeacherTargets()
+    if ba.online:
+        _, ordinal = load_teachers(cfg, False, cfg.distill.beta > 0)
+        online = OnlineTeachers([m.to(device, memory_format=torch.channels_last) for m in members], ordinal)
+    else:
+        targets.dk_logits = ensemble_teacher_logits(members, data.train.crops, ba.flip_average_targets)
+        if cfg.distill.beta > 0:
+            targets.ordinal_embed = teacher_targets(cfg, data, False, True).ordinal_embed
+    reports: dict[str, dict] = {}
+    for name, seed in born_again_runs(cfg):
+        scfg = cfg.student.model_copy(update={"epochs": ba.epochs, "ema_decay": ba.ema_decay, "seed": seed})
+        out = cfg.run_dir / name
+        rep = run_classifier(scfg, data, out, targets, cfg.distill, device, online)
+        rep["teacher_ensemble_test"] = {"mae": teacher_rep.mae, "cs5": teacher_rep.cs5}
+        rep["best_val_mae"] = best_val_mae(out / "history.jsonl")
+        _write_json(out / "result.json", rep)
+        log.info("born-again student %s: test MAE %.3f CS@5 %.3f", name, rep["mae"], rep["cs5"])
+        reports[name] = rep
+    return reports if ba.seeds else reports[ba.name]
 
 
 def best_val_mae(history: Path) -> float:
@@ -410,16 +437,19 @@ def export_classifier(
 def describe_student(cfg: PipelineConfig) -> str:
     d, s = cfg.distill, cfg.student
     ba = cfg.born_again
-    if ba.enabled:
+    source = "" if cfg.export.source == "student" else f", run `{cfg.export.source}`"
+    mixup = f", mixup p={s.mixup}" if s.mixup > 0 else ""
+    born_again = ba.enabled and cfg.export.source.startswith(ba.name)
+    if born_again:
+        how = "run on every augmented batch" if ba.online else "targets on the fixed crops"
         parts = [
-            f"Compact student, second generation ({ba.epochs} epochs, weight EMA {ba.ema_decay})",
-            "distilled from the ensemble of the dark-knowledge teacher and the first-generation",
-            f"student (alpha={d.alpha}, T={d.temperature})",
+            f"Compact student, second generation ({ba.epochs} epochs{mixup}{source})",
+            f"distilled from the ensemble of {len(ba.teachers)} earlier networks of its architecture",
+            f"({how}; alpha={d.alpha}, T={d.temperature})",
         ]
     else:
-        source = "" if cfg.export.source == "student" else f", run `{cfg.export.source}`"
-        parts = [f"Compact student ({s.epochs} epochs{source})"]
-    if d.alpha > 0 and not ba.enabled:
+        parts = [f"Compact student ({s.epochs} epochs{mixup}{source})"]
+    if d.alpha > 0 and not born_again:
         parts.append(f"distilled from the dark-knowledge teacher (alpha={d.alpha}, T={d.temperature})")
     if d.beta > 0:
         parts.append(f"with the ordinal teacher's {d.hint_loss} hint (beta={d.beta})")
@@ -434,6 +464,11 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         torch.set_num_threads(cfg.threads)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    if cfg.teacher_dir is not None and {"dk_teacher", "ordinal_teacher"} & set(stages):
+        raise ValueError(
+            f"teacher_dir is set: the teachers are read from {cfg.teacher_dir}; "
+            "run the stages after them (--stages student,born_again,ablation,export)"
+        )
     if "prepare" in stages:
         stage_prepare(cfg)
     data = load_data(cfg.data.cache, cfg.data.limit_per_split)
@@ -458,7 +493,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         assert targets is not None
         summary["ablation"] = stage_ablation(cfg, data, targets)
     if "export" in stages:
-        final = cfg.born_again.name if cfg.born_again.enabled else cfg.export.source
+        final = cfg.export.source
         model = load_classifier(cfg.run_dir / final / "best.pt")
         note = f"\n## Training\n{cfg.export.card_note.strip()}\n" if cfg.export.card_note.strip() else ""
         export_classifier(cfg, model, data, cfg.export.version, describe_student(cfg), extra_card=note)
