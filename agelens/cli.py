@@ -92,7 +92,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     _setup_logging()
     from training.config import PipelineConfig
-    from training.pipeline import STAGES, run_pipeline
+    from training.pipeline import STAGES, TEACHER_STAGES, default_stages, run_pipeline
 
     cfg = PipelineConfig.load(Path(args.config))
     if args.threads:
@@ -113,11 +113,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         # The same override picks the born-again seeds (one process per seed, as for the arms).
         ba = cfg.born_again.model_copy(update={"seeds": [int(v) for v in args.seeds.split(",")]})
         cfg = cfg.model_copy(update={"born_again": ba})
-    stages = args.stages.split(",") if args.stages else list(STAGES)
+    stages = args.stages.split(",") if args.stages else default_stages(cfg)
     unknown = set(stages) - set(STAGES)
     if unknown:
         print(
             f"unknown stages: {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}", file=sys.stderr
+        )
+        return 2
+    if cfg.teacher_dir is not None and set(TEACHER_STAGES) & set(stages):
+        print(
+            f"teacher_dir is set: the teachers are read from {cfg.teacher_dir}, not trained; "
+            "run the stages after them (--stages born_again,ablation,export)",
+            file=sys.stderr,
         )
         return 2
     handler = (

@@ -103,3 +103,59 @@ def test_parallel_driver_and_reevaluation(tmp_path: Path) -> None:
     student = json.loads((rd / "student" / "result.json").read_text())
     assert report["runs"]["student"]["test_one_pass"]["mae"] == pytest.approx(student["mae"], abs=1e-3)
     assert report["ordinal_teacher"]["test"]["chance"] == pytest.approx(1 / 12)
+
+
+@needs_dataset
+@pytest.mark.slow
+def test_a_second_generation_reuses_a_runs_teachers(tmp_path: Path) -> None:
+    """utkface_gpu_patient.toml's path on the smoke data: teacher_dir points at a finished run,
+    the parallel driver skips the teachers and runs each born-again seed (online teachers,
+    mixup) beside the control arm; reevaluate summarises the born-again runs as an arm."""
+    (tmp_path / "first").mkdir()
+    first = write_config(tmp_path / "first")
+    run = [sys.executable, "-m"]
+    subprocess.run(
+        [*run, "agelens.cli", "train", "--config", str(first)], cwd=REPO, check=True, capture_output=True
+    )
+    text = first.read_text()
+    second = tmp_path / "second.toml"
+    text = text.replace(
+        f'run_dir = "{tmp_path / "first" / "run"}"',
+        f'run_dir = "{tmp_path / "second"}"\nteacher_dir = "{tmp_path / "first" / "run"}"',
+    )
+    text = text.replace("[student]\n", "[student]\nmixup = 0.5\n")
+    text = text.replace(
+        "[born_again]\nenabled = true\n", '[born_again]\nenabled = true\nname = "patient"\nseeds = [0, 1]\n'
+    )
+    text = text.replace("[ablation]\nenabled = true\n", '[ablation]\nenabled = true\narms = ["student_ce"]\n')
+    text = text.replace('source = "student_gen2"', 'source = "patient_seed1"')
+    second.write_text(text)
+    proc = subprocess.run(
+        [*run, "training.parallel", "--config", str(second)], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "phase 1 skipped" in proc.stdout
+    rd = tmp_path / "second"
+    assert not (rd / "dk_teacher").exists() and not (rd / "ordinal_teacher").exists()
+    for name in ("patient_seed0", "patient_seed1"):
+        history = [json.loads(line) for line in (rd / name / "history.jsonl").read_text().splitlines()]
+        assert history[0]["kd"] > 0 and history[0]["hint"] > 0  # both teachers taught it, online
+    ablation = json.loads((rd / "ablation" / "ablation.json").read_text())
+    assert set(ablation["arms"]) == {"student_ce"} and len(ablation["arms"]["student_ce"]["runs"]) == 2
+    out = tmp_path / "reeval.json"
+    subprocess.run(
+        [*run, "training.reevaluate", "--config", str(second), "--out", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    report = json.loads(out.read_text())
+    assert report["arms"]["patient"]["seeds"] == 2 and report["arms"]["student_ce"]["seeds"] == 2
+    # The teachers' stages are refused for a run that reads them from another one.
+    refused = subprocess.run(
+        [*run, "agelens.cli", "train", "--config", str(second), "--stages", "dk_teacher"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "teacher_dir is set" in refused.stderr

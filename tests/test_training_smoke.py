@@ -75,6 +75,16 @@ def test_smoke_pipeline_end_to_end(tmp_path: Path) -> None:
     )
     assert time.time() - t1 < elapsed
     assert elapsed < 120, f"smoke pipeline took {elapsed:.0f} s"
+    # Exporting the same checkpoint again registers the same file; a version that holds another
+    # model is never overwritten.
+    export = [sys.executable, "-m", "agelens.cli", "train", "--config", str(cfg), "--stages", "export"]
+    subprocess.run(export, cwd=REPO, check=True, capture_output=True)
+    assert ModelManifest.load(model_dir / "manifest.json").sha256 == manifest.sha256
+    other = manifest.model_copy(update={"sha256": "0" * 64})
+    other.save(model_dir / "manifest.json")
+    refused = subprocess.run(export, cwd=REPO, capture_output=True, text=True)
+    assert refused.returncode != 0 and "already registered" in refused.stderr
+    assert ModelManifest.load(model_dir / "manifest.json").sha256 == "0" * 64
 
 
 def test_student_is_compact() -> None:

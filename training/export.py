@@ -216,8 +216,22 @@ def register(
     card: str,
     file_name: str = "model.onnx",
 ) -> Path:
-    """Copy the ONNX file into model_store/<name>/<version>/ and write its manifest and card."""
+    """Copy the ONNX file into model_store/<name>/<version>/ and write its manifest and card.
+
+    A version is never silently replaced by another model: the store is committed, and a config
+    that still names a shipped version (or a GPU run, which is not bit-reproducible) would
+    otherwise overwrite it. Registering the same file again (a resumed pipeline) is allowed.
+    """
     dest = store / name / version
+    if (dest / MANIFEST_FILENAME).is_file():
+        registered = ModelManifest.load(dest / MANIFEST_FILENAME).sha256
+        new = sha256_file(onnx_path)
+        if registered != new:
+            raise FileExistsError(
+                f"{name} {version} is already registered in {store} with another model "
+                f"(sha256 {registered[:12]}, this one {new[:12]}): set [export] version to a new "
+                f"version, or delete {dest} to replace it"
+            )
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / file_name
     if onnx_path.resolve() != target.resolve():

@@ -50,6 +50,15 @@ log = logging.getLogger("agelens.train")
 NORM = Normalisation()
 AGES = np.arange(NUM_CLASSES, dtype=np.float64)
 STAGES = ("prepare", "dk_teacher", "ordinal_teacher", "student", "born_again", "ablation", "export")
+TEACHER_STAGES = ("dk_teacher", "ordinal_teacher")
+
+
+def default_stages(cfg: PipelineConfig) -> list[str]:
+    """Every stage. A config that reads its teachers from another run (`teacher_dir`) is a later
+    student generation: the teachers and the first-generation student belong to that run."""
+    if cfg.teacher_dir is None:
+        return list(STAGES)
+    return [s for s in STAGES if s not in (*TEACHER_STAGES, "student")]
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -459,15 +468,15 @@ def describe_student(cfg: PipelineConfig) -> str:
 
 
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
-    stages = stages or list(STAGES)
+    stages = stages or default_stages(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if cfg.teacher_dir is not None and {"dk_teacher", "ordinal_teacher"} & set(stages):
+    if cfg.teacher_dir is not None and set(TEACHER_STAGES) & set(stages):
         raise ValueError(
             f"teacher_dir is set: the teachers are read from {cfg.teacher_dir}; "
-            "run the stages after them (--stages student,born_again,ablation,export)"
+            "run the stages after them (--stages born_again,ablation,export)"
         )
     if "prepare" in stages:
         stage_prepare(cfg)

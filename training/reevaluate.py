@@ -3,8 +3,8 @@
 A run trained elsewhere (on a GPU machine, from the WebP-packed cache of `training/cache_pack.py`)
 reports its figures on the crops it was given. The figures that are published come from the
 original cache instead, through this module: each classifier's best.pt on val and test, one pass
-and flip-averaged (as exported), the ablation arms as mean and std over seeds, and the ordinal
-teacher's order accuracy and linear probe.
+and flip-averaged (as exported), the ablation arms and the born-again runs as mean and std over
+seeds, and the ordinal teacher's order accuracy and linear probe.
 
     python -m training.reevaluate --config training/configs/utkface_gpu.toml \\
         --out training/results/gpu_run_3.0.0.json
@@ -27,7 +27,7 @@ from training.dataset import CachedData, load_data
 from training.evaluate import compute_metrics, mean_std, predict_logits
 from training.export import FlipAveraged
 from training.ordinal import load_ordinal_teacher
-from training.pipeline import AGES, ARMS, NORM, ordinal_report
+from training.pipeline import AGES, ARMS, NORM, born_again_runs, ordinal_report
 
 
 def metrics_entry(probs: NDArray[np.floating], data: CachedData, part: str) -> dict:
@@ -84,6 +84,16 @@ def reevaluate(cfg: PipelineConfig, cache: Path) -> dict:
         if runs:
             report["runs"].update(runs)
             report["arms"][arm] = {"seeds": len(runs), **arm_summary(runs)}
+    if cfg.born_again.enabled:
+        # The born-again runs (one per seed) are summarised like an arm, under their name.
+        runs = {
+            name: classifier_report(rd / name / "best.pt", data, probs)
+            for name, _ in born_again_runs(cfg)
+            if (rd / name / "best.pt").exists()
+        }
+        if runs:
+            report["runs"].update(runs)
+            report["arms"][cfg.born_again.name] = {"seeds": len(runs), **arm_summary(runs)}
     if len(probs["val"]) > 1:
         # The mean of every network's flip-averaged distribution: what the same architecture
         # reaches when many runs vote, i.e. a ceiling for teachers built from it.
