@@ -65,6 +65,17 @@ def test_a_failed_job_stops_the_others_at_once(tmp_path: Path) -> None:
     assert time.time() - t0 < 20
 
 
+def reevaluated(config: Path, out: Path) -> dict:
+    """`training.reevaluate` run as a user runs it; its report."""
+    subprocess.run(
+        [sys.executable, "-m", "training.reevaluate", "--config", str(config), "--out", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    return json.loads(out.read_text())
+
+
 @needs_dataset
 @pytest.mark.slow
 def test_parallel_driver_and_reevaluation(tmp_path: Path) -> None:
@@ -89,14 +100,7 @@ def test_parallel_driver_and_reevaluation(tmp_path: Path) -> None:
     assert all(len(arm["runs"]) == 2 for arm in ablation["arms"].values())
     effective = json.loads((rd / "config.effective.json").read_text())
     assert effective["student"]["epochs"] == 1
-    out = tmp_path / "reeval.json"
-    subprocess.run(
-        [*run, "training.reevaluate", "--config", str(cfg), "--out", str(out)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    report = json.loads(out.read_text())
+    report = reevaluated(cfg, tmp_path / "reeval.json")
     assert set(report["arms"]) == set(ablation["arms"])
     assert report["arms"]["student_dk"]["seeds"] == 2
     # The same checkpoint evaluated on the same crops gives the pipeline's own test MAE.
@@ -142,14 +146,7 @@ def test_a_second_generation_reuses_a_runs_teachers(tmp_path: Path) -> None:
         assert history[0]["kd"] > 0 and history[0]["hint"] > 0  # both teachers taught it, online
     ablation = json.loads((rd / "ablation" / "ablation.json").read_text())
     assert set(ablation["arms"]) == {"student_ce"} and len(ablation["arms"]["student_ce"]["runs"]) == 2
-    out = tmp_path / "reeval.json"
-    subprocess.run(
-        [*run, "training.reevaluate", "--config", str(second), "--out", str(out)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    report = json.loads(out.read_text())
+    report = reevaluated(second, tmp_path / "reeval.json")
     assert report["arms"]["patient"]["seeds"] == 2 and report["arms"]["student_ce"]["seeds"] == 2
     # The teachers' stages are refused for a run that reads them from another one.
     refused = subprocess.run(
