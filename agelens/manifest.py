@@ -68,6 +68,9 @@ class AgeBand(BaseModel):
     mae: float
     cs5: float
     n: int
+    # Mean of (estimate - label) in years: below 0, the group is estimated too young. Absent in
+    # manifests written before it was measured.
+    bias: float | None = None
 
 
 class Metrics(BaseModel):

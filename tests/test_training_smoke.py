@@ -255,3 +255,27 @@ def test_online_teachers_with_mixup_train_and_match_their_members(tmp_path: Path
     offline = TeacherTargets(dk_logits=torch.zeros(len(data.train), 2, 101))  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="mixup needs online teachers"):
         train_classifier(cfg, data, Normalisation(), tmp_path / "offline", offline, distill)  # type: ignore[arg-type]
+
+
+def test_band_metrics_give_the_signed_error_and_the_prior_correction_removes_a_pull() -> None:
+    """Per-band bias is estimate minus label; dividing out a training prior that crowds the middle
+    moves the old band's estimates up (training/prior_shift.py)."""
+    from agelens.ages import softmax
+    from training.evaluate import compute_metrics
+    from training.prior_shift import AGES, training_prior
+
+    true = np.array([5.0, 8.0, 70.0, 80.0])
+    probs = np.zeros((4, 101))
+    probs[[0, 1, 2, 3], [7, 10, 60, 70]] = 1.0  # children +2, old -10
+    bands = {b.name: b for b in compute_metrics(probs, true, AGES).bands}
+    assert bands["0-12"].bias == pytest.approx(2.0) and bands["60+"].bias == pytest.approx(-10.0)
+    assert bands["60+"].mae == pytest.approx(10.0)
+
+    prior = training_prior(np.repeat(np.arange(20, 40), 50))  # a training set of 20-39 year olds
+    assert prior.sum() == pytest.approx(1.0) and prior.min() > 0 and prior.argmax() in range(20, 40)
+    # A face the model finds as likely 30 as 70: the prior it learned under pulled it to the middle.
+    logits = np.log(np.full((1, 101), 1e-6))
+    logits[0, [30, 70]] = 0.0
+    before = float(softmax(logits)[0] @ AGES)
+    after = float(softmax(logits - np.log(prior))[0] @ AGES)
+    assert before == pytest.approx(50.0, abs=0.1) and after > 60.0

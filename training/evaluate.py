@@ -50,7 +50,10 @@ def group_metrics(
         m = np.array([k == key for k in keys])
         if m.any():
             mae, cs5 = _mae_cs5(pred[m], true[m])
-            out.append(AgeBand(name=key, mae=round(mae, 4), cs5=round(cs5, 4), n=int(m.sum())))
+            bias = float((pred[m] - true[m]).mean())
+            out.append(
+                AgeBand(name=key, mae=round(mae, 4), cs5=round(cs5, 4), n=int(m.sum()), bias=round(bias, 4))
+            )
     return out
 
 

@@ -6,8 +6,13 @@ from agelens.manifest import AgeBand, AlignmentSpec, Metrics
 
 
 def _table(rows: list[AgeBand], head: str) -> str:
-    lines = [f"| {head} | n | MAE (years) | CS@5 |", "|---|---:|---:|---:|"]
-    lines += [f"| {b.name} | {b.n} | {b.mae:.2f} | {b.cs5:.3f} |" for b in rows]
+    if any(b.bias is None for b in rows):
+        lines = [f"| {head} | n | MAE (years) | CS@5 |", "|---|---:|---:|---:|"]
+        lines += [f"| {b.name} | {b.n} | {b.mae:.2f} | {b.cs5:.3f} |" for b in rows]
+        return "\n".join(lines)
+    # The signed error shows the pull toward the middle ages that MAE alone hides.
+    lines = [f"| {head} | n | MAE (years) | CS@5 | mean signed error (years) |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {b.name} | {b.n} | {b.mae:.2f} | {b.cs5:.3f} | {b.bias:+.2f} |" for b in rows]
     return "\n".join(lines)
 
 
@@ -81,6 +86,8 @@ DEX algorithm and checked by a person, so they are apparent, not verified chrono
 
 ## Known limits
 - UTKFace has few faces over 80 and few of some groups: those estimates are least reliable.
+- Estimates are pulled toward the ages most training faces have: the mean signed error by age
+  band (above) says by how much the oldest are estimated too young and teenagers too old.
 - Apparent age: make-up, lighting, blur and expression move estimates.
 - Faces smaller than about 40 px, strongly rotated (> 45 degrees) or occluded may not be detected.
 {extra}"""
