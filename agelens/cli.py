@@ -92,27 +92,27 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     _setup_logging()
     from training.config import PipelineConfig
-    from training.pipeline import STAGES, TEACHER_STAGES, default_stages, run_pipeline
+    from training.pipeline import STAGES, default_stages, run_pipeline, teacher_stages_refusal
 
     cfg = PipelineConfig.load(Path(args.config))
     if args.threads:
         cfg = cfg.model_copy(update={"threads": args.threads})
     if args.device:
         cfg = cfg.model_copy(update={"device": args.device})
-    if args.arms or args.seeds:
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
+    if args.arms or seeds:
         # A subset of the ablation in this process: several processes can then share one GPU
         # (training/parallel.py); a last run over all arms collects their cached results.
         ab = cfg.ablation.model_copy(
             update={
                 **({"arms": args.arms.split(",")} if args.arms else {}),
-                **({"seeds": [int(v) for v in args.seeds.split(",")]} if args.seeds else {}),
+                **({"seeds": seeds} if seeds else {}),
             }
         )
         cfg = cfg.model_copy(update={"ablation": ab})
-    if args.seeds and cfg.born_again.enabled:
+    if seeds and cfg.born_again.enabled:
         # The same override picks the born-again seeds (one process per seed, as for the arms).
-        ba = cfg.born_again.model_copy(update={"seeds": [int(v) for v in args.seeds.split(",")]})
-        cfg = cfg.model_copy(update={"born_again": ba})
+        cfg = cfg.model_copy(update={"born_again": cfg.born_again.model_copy(update={"seeds": seeds})})
     stages = args.stages.split(",") if args.stages else default_stages(cfg)
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -120,12 +120,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"unknown stages: {', '.join(sorted(unknown))}; choose from {', '.join(STAGES)}", file=sys.stderr
         )
         return 2
-    if cfg.teacher_dir is not None and set(TEACHER_STAGES) & set(stages):
-        print(
-            f"teacher_dir is set: the teachers are read from {cfg.teacher_dir}, not trained; "
-            "run the stages after them (--stages born_again,ablation,export)",
-            file=sys.stderr,
-        )
+    refusal = teacher_stages_refusal(cfg, stages)
+    if refusal:
+        print(refusal, file=sys.stderr)
         return 2
     handler = (
         logging.FileHandler(cfg.run_dir / "train.log")

@@ -262,7 +262,8 @@ def test_band_metrics_give_the_signed_error_and_the_prior_correction_removes_a_p
     moves the old band's estimates up (training/prior_shift.py)."""
     from agelens.ages import softmax
     from training.evaluate import compute_metrics
-    from training.prior_shift import AGES, training_prior
+    from training.pipeline import AGES
+    from training.prior_shift import training_prior
 
     true = np.array([5.0, 8.0, 70.0, 80.0])
     probs = np.zeros((4, 101))

@@ -6,31 +6,39 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from agelens.ages import softmax
 from agelens.faces import normalise
 from agelens.manifest import MANIFEST_FILENAME, ModelManifest
-from training.dataset import load_data
+from training.dataset import CachedData, load_data
 from training.evaluate import compute_metrics, demographic_metrics, interval_coverage
 
 
-def evaluate_model_dir(model_dir: Path, cache: Path, split: str = "test", variant: str = "fp32") -> dict:
+def model_logits(
+    model_dir: Path, data: CachedData, splits: tuple[str, ...], variant: str = "fp32"
+) -> tuple[ModelManifest, dict[str, NDArray[np.float32]]]:
+    """A model-store entry's raw logits on cached splits, its file fed as its manifest says."""
     import onnxruntime as ort
 
     manifest = ModelManifest.load(model_dir / MANIFEST_FILENAME)
-    data = load_data(cache)
     if data.spec != manifest.alignment:
         raise ValueError("the cache was built with other alignment parameters than the model's manifest")
-    part = data.part(split)
     file = manifest.file if variant == "fp32" else str(manifest.notes["int8_file"])
     sess = ort.InferenceSession(str(model_dir / file), providers=["CPUExecutionProvider"])
-    crops = part.crops.numpy()
-    logits = np.concatenate(
-        [
-            sess.run(None, {manifest.input_name: normalise(crops[i : i + 256], manifest.normalisation)})[0]
-            for i in range(0, len(crops), 256)
-        ]
-    )
+
+    def run(crops: NDArray[np.uint8]) -> NDArray[np.float32]:
+        feed = (normalise(crops[i : i + 256], manifest.normalisation) for i in range(0, len(crops), 256))
+        return np.concatenate([sess.run(None, {manifest.input_name: x})[0] for x in feed])
+
+    return manifest, {split: run(data.part(split).crops.numpy()) for split in splits}
+
+
+def evaluate_model_dir(model_dir: Path, cache: Path, split: str = "test", variant: str = "fp32") -> dict:
+    data = load_data(cache)
+    part = data.part(split)
+    manifest, by_split = model_logits(model_dir, data, (split,), variant)
+    logits = by_split[split]
     ages = np.asarray(manifest.ages, dtype=np.float64)
     m = compute_metrics(softmax(logits), part.ages.numpy(), ages, split)
     calibrated = interval_coverage(softmax(logits, manifest.temperature), part.ages.numpy(), ages)

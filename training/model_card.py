@@ -6,13 +6,14 @@ from agelens.manifest import AgeBand, AlignmentSpec, Metrics
 
 
 def _table(rows: list[AgeBand], head: str) -> str:
-    if any(b.bias is None for b in rows):
-        lines = [f"| {head} | n | MAE (years) | CS@5 |", "|---|---:|---:|---:|"]
-        lines += [f"| {b.name} | {b.n} | {b.mae:.2f} | {b.cs5:.3f} |" for b in rows]
-        return "\n".join(lines)
-    # The signed error shows the pull toward the middle ages that MAE alone hides.
-    lines = [f"| {head} | n | MAE (years) | CS@5 | mean signed error (years) |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {b.name} | {b.n} | {b.mae:.2f} | {b.cs5:.3f} | {b.bias:+.2f} |" for b in rows]
+    # The signed error shows the pull toward the middle ages that MAE alone hides; manifests
+    # written before it was measured have none, and their tables go without the column.
+    signed = all(b.bias is not None for b in rows)
+    cols = ["n", "MAE (years)", "CS@5", *(["mean signed error (years)"] if signed else [])]
+    lines = [f"| {head} | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for b in rows:
+        cells = [str(b.n), f"{b.mae:.2f}", f"{b.cs5:.3f}", *([f"{b.bias:+.2f}"] if signed else [])]
+        lines.append(f"| {b.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

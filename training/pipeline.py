@@ -53,6 +53,17 @@ STAGES = ("prepare", "dk_teacher", "ordinal_teacher", "student", "born_again", "
 TEACHER_STAGES = ("dk_teacher", "ordinal_teacher")
 
 
+def teacher_stages_refusal(cfg: PipelineConfig, stages: list[str]) -> str | None:
+    """Why these stages cannot run with this config, or None: a config that reads its teachers
+    from another run (`teacher_dir`) must not train them."""
+    if cfg.teacher_dir is not None and set(TEACHER_STAGES) & set(stages):
+        return (
+            f"teacher_dir is set: the teachers are read from {cfg.teacher_dir}, not trained; "
+            "run the stages after them (--stages born_again,ablation,export)"
+        )
+    return None
+
+
 def default_stages(cfg: PipelineConfig) -> list[str]:
     """Every stage. A config that reads its teachers from another run (`teacher_dir`) is a later
     student generation: the teachers and the first-generation student belong to that run."""
@@ -473,11 +484,9 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         torch.set_num_threads(cfg.threads)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if cfg.teacher_dir is not None and set(TEACHER_STAGES) & set(stages):
-        raise ValueError(
-            f"teacher_dir is set: the teachers are read from {cfg.teacher_dir}; "
-            "run the stages after them (--stages born_again,ablation,export)"
-        )
+    refusal = teacher_stages_refusal(cfg, stages)
+    if refusal:
+        raise ValueError(refusal)
     if "prepare" in stages:
         stage_prepare(cfg)
     data = load_data(cfg.data.cache, cfg.data.limit_per_split)

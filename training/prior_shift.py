@@ -21,12 +21,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agelens.ages import softmax
-from agelens.manifest import MANIFEST_FILENAME, ModelManifest
 from training.dataset import NUM_CLASSES, load_data
 from training.evaluate import compute_metrics
-from training.export import onnx_logits, onnx_session
-
-AGES = np.arange(NUM_CLASSES, dtype=np.float64)
+from training.evaluate_onnx import model_logits
 
 
 def training_prior(train_ages: NDArray[np.integer], sigma: float = 2.0) -> NDArray[np.float64]:
@@ -45,17 +42,15 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("data/cache/utkface-64"))
     ap.add_argument("--gammas", default="0,0.1,0.2,0.3,0.4,0.5,0.7,1.0")
     args = ap.parse_args()
-    manifest = ModelManifest.load(args.model_dir / MANIFEST_FILENAME)
     data = load_data(args.cache)
-    sess = onnx_session(args.model_dir / manifest.file)
-    norm = manifest.normalisation
+    manifest, logits = model_logits(args.model_dir, data, ("val", "test"))
+    ages = np.asarray(manifest.ages, dtype=np.float64)
     log_prior = np.log(training_prior(data.train.ages.numpy()))
-    logits = {part: onnx_logits(sess, data.part(part).crops, norm) for part in ("val", "test")}
     rows = []
     for gamma in (float(g) for g in args.gammas.split(",")):
         row: dict = {"gamma": gamma}
         for part, raw in logits.items():
-            m = compute_metrics(softmax(raw - gamma * log_prior), data.part(part).ages.numpy(), AGES, part)
+            m = compute_metrics(softmax(raw - gamma * log_prior), data.part(part).ages.numpy(), ages, part)
             row[part] = {
                 "mae": m.mae,
                 "band_balanced_mae": round(float(np.mean([b.mae for b in m.bands])), 4),
