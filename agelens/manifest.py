@@ -96,6 +96,11 @@ class ModelManifest(BaseModel):
     open_ended_last_class: bool = Field(True, description="The last class means 'this age or older'")
     # Temperature applied to logits before softmax; fitted on val so that intervals are calibrated.
     temperature: float = Field(1.0, gt=0.0)
+    # Temperature of the distribution whose expectation is the age estimate. 1.0 (the default,
+    # what every model up to 3.1.0 was measured with) is the raw softmax. From 3.2.0 the export
+    # picks, on val, between 1.0 and `temperature`: with `temperature`, the age is the mean of the
+    # very distribution the service returns. The test figures in `metrics` use this temperature.
+    estimate_temperature: float = Field(1.0, gt=0.0)
     parameters: int | None = None
     training_data: str = ""
     split_sha256: str = ""

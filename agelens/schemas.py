@@ -26,7 +26,11 @@ class AgeDistribution(BaseModel):
 class Face(BaseModel):
     box: Box
     score: float = Field(description="Face detection confidence in [0, 1]")
-    age: float = Field(description="Estimated age in years (expected value of the distribution)")
+    age: float = Field(
+        description="Estimated age in years: the expected value of the model's age distribution at "
+        "the temperature its manifest names (`estimate_temperature`). From model 3.2.0 that is the "
+        "calibrated distribution returned in `distribution`; before, the uncalibrated softmax"
+    )
     age_std: float = Field(description="Standard deviation of the age distribution, years")
     age_interval: AgeInterval
     distribution: AgeDistribution | None = None

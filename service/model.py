@@ -116,10 +116,15 @@ class AgeModel:
     def get(self, crops: NDArray[np.uint8], level: float = 0.9) -> AgePredictions:
         """All crops (N, S, S, 3) uint8 RGB in one onnxruntime call."""
         logits = self.logits(crops)
-        # The age is the expectation at T=1 (what MAE was measured on); the calibrated temperature
-        # only shapes the spread, so calibrating uncertainty never moves the estimate toward the
-        # middle of the age range.
-        age = expected_age(softmax(logits), self.ages)
+        # The age is the expectation at the manifest's estimate temperature, the one its MAE was
+        # measured with: the raw softmax up to 3.1.0, the calibrated distribution (the one
+        # returned) from 3.2.0. Spread and interval always use the calibrated temperature.
         probs = softmax(logits, self.manifest.temperature)
+        at_estimate = (
+            probs
+            if self.manifest.estimate_temperature == self.manifest.temperature
+            else softmax(logits, self.manifest.estimate_temperature)
+        )
+        age = expected_age(at_estimate, self.ages)
         low, high = central_interval(probs, self.ages, level)
         return AgePredictions(probs, age, age_std(probs, self.ages), low, high)

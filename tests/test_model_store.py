@@ -108,3 +108,24 @@ def test_auto_variant_serves_int8_only_where_it_is_as_accurate() -> None:
         m = AgeModel(STORE / NAME / version)
         loss = float(m.manifest.notes["int8_test_mae"]) - m.manifest.metrics.mae
         assert (m.variant == "int8") == (loss <= INT8_MAX_MAE_LOSS), version
+
+
+def test_the_age_is_the_expectation_at_the_manifests_estimate_temperature() -> None:
+    """Up to 3.1.0 the age is the mean of the raw softmax; a manifest whose estimate temperature
+    is its calibrated one gets the mean of the distribution it returns."""
+    from agelens.ages import expected_age, softmax
+
+    model = AgeModel(STORE / NAME / "3.1.0", "fp32")
+    model.prepare()
+    assert model.manifest.estimate_temperature == 1.0 and model.manifest.temperature < 1.0
+    crops = np.random.default_rng(0).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    raw = model.logits(crops)
+    ages = np.arange(101)
+    pred = model.get(crops)
+    assert np.allclose(pred.age, expected_age(softmax(raw), ages), atol=1e-4)
+    assert np.allclose(pred.probabilities, softmax(raw, model.manifest.temperature), atol=1e-6)
+
+    model.manifest.estimate_temperature = model.manifest.temperature
+    pred = model.get(crops)
+    assert np.allclose(pred.age, pred.probabilities @ ages, atol=1e-3)
+    assert not np.allclose(pred.age, expected_age(softmax(raw), ages), atol=0.05)

@@ -56,6 +56,14 @@ def test_smoke_pipeline_end_to_end(tmp_path: Path) -> None:
     assert manifest.metrics is not None and manifest.metrics.n == 24
     assert (model_dir / "MODEL_CARD.md").read_text().startswith("# Model card")
     assert (model_dir / "model.int8.onnx").is_file()
+    # The age's temperature was chosen on val between the raw and the calibrated softmax, and
+    # the test MAE is the one at that temperature.
+    ex = manifest.metrics.extra
+    assert manifest.estimate_temperature in (1.0, manifest.temperature)
+    chosen = "val_mae_calibrated_softmax" if manifest.estimate_temperature != 1.0 else "val_mae_raw_softmax"
+    assert ex["val_mae"] == ex[chosen] == min(ex["val_mae_raw_softmax"], ex["val_mae_calibrated_softmax"])
+    if manifest.estimate_temperature == 1.0:
+        assert manifest.metrics.mae == ex["test_mae_raw_softmax"]
     # Resume: a second run finds every stage done and only re-exports.
     t1 = time.time()
     subprocess.run(
@@ -280,3 +288,62 @@ def test_band_metrics_give_the_signed_error_and_the_prior_correction_removes_a_p
     before = float(softmax(logits)[0] @ AGES)
     after = float(softmax(logits - np.log(prior))[0] @ AGES)
     assert before == pytest.approx(50.0, abs=0.1) and after > 60.0
+
+
+def test_warm_start_and_swa_average_the_epoch_end_weights(tmp_path: Path) -> None:
+    """`init_from` starts from a checkpoint's weights; with `swa` the learning rate stays at `lr`
+    after warm-up, and best.pt holds the equal average of the epoch-end weights, with BN
+    statistics of its own."""
+    from agelens.manifest import Normalisation
+    from training.classifier import load_classifier, train_classifier
+    from training.config import ClassifierConfig
+
+    data = _random_data()
+    base = ClassifierConfig(epochs=1, batch_size=16)
+    train_classifier(base, data, Normalisation(), tmp_path / "first")  # type: ignore[arg-type]
+    init = load_classifier(tmp_path / "first" / "best.pt")
+
+    # A learning rate of ~0 keeps every epoch-end weight at the start: the average must be it.
+    frozen = base.model_copy(
+        update={"epochs": 2, "lr": 1e-12, "init_from": tmp_path / "first" / "best.pt", "swa": True}
+    )
+    kept = train_classifier(frozen, data, Normalisation(), tmp_path / "frozen")  # type: ignore[arg-type]
+    for name, w in init.state_dict().items():
+        if "weight" in name and w.dtype == torch.float32:
+            assert torch.allclose(kept.state_dict()[name], w, atol=1e-6), name
+    history = [json.loads(line) for line in (tmp_path / "frozen" / "history.jsonl").read_text().splitlines()]
+    assert [h["lr"] for h in history] == [1e-12, 1e-12]  # constant after warm-up, no cosine decay
+    state = torch.load(tmp_path / "frozen" / "last.pt", weights_only=False)
+    assert int(state["averaged"]["n_averaged"]) == 2
+
+    # With a real learning rate the average differs from the last epoch's weights.
+    moving = frozen.model_copy(update={"lr": 3e-3})
+    kept = train_classifier(moving, data, Normalisation(), tmp_path / "moving")  # type: ignore[arg-type]
+    last = torch.load(tmp_path / "moving" / "last.pt", weights_only=False)["model"]
+    name = "backbone.stem.0.weight"
+    assert not torch.allclose(kept.state_dict()[name], last[name])
+    # BN statistics were recomputed for the averaged weights, not copied from the initial model.
+    bn = "backbone.stem.1.running_mean"
+    assert not torch.allclose(kept.state_dict()[bn], init.state_dict()[bn])
+
+    with pytest.raises(ValueError, match="two ways to average"):
+        ClassifierConfig(swa=True, ema_decay=0.99)
+
+
+def test_the_age_estimate_temperature_is_chosen_on_val() -> None:
+    """Too-wide distributions pull their mean toward the middle of 0-100: the calibrated (sharper)
+    temperature is chosen when it lowers val MAE, and temperature 1 when it does not."""
+    from training.evaluate import choose_estimate_temperature
+
+    ages = np.arange(101, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    true = rng.integers(1, 90, 500).astype(np.float64)
+    centre = true + rng.normal(0, 3, true.shape)
+    # A wide Gaussian around each centre, times a prior that favours ages near 30: the mean
+    # of the product lies between the centre and 30, as a smoothed-label student's does.
+    logits = -((ages[None] - centre[:, None]) ** 2) / (2 * 12.0**2) - ((ages[None] - 30) ** 2) / (2 * 40.0**2)
+    t, maes = choose_estimate_temperature(logits, true, ages, calibrated=0.5)
+    assert t == 0.5 and maes["calibrated"] < maes["raw"]
+    # A temperature above 1 widens them further: temperature 1 is kept.
+    t, maes = choose_estimate_temperature(logits, true, ages, calibrated=2.0)
+    assert t == 1.0 and maes["calibrated"] > maes["raw"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from agelens.ages import expected_age, softmax
 from agelens.manifest import Normalisation
@@ -191,7 +191,11 @@ def train_classifier(
     use_hint = distill.beta > 0 and (targets.ordinal_embed is not None or bool(online and online.ordinal))
     torch.manual_seed(cfg.seed)
     device = device or torch.device("cpu")
-    model = build_classifier(cfg).to(device, memory_format=torch.channels_last)
+    model = build_classifier(cfg)
+    if cfg.init_from is not None:
+        model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])
+        log.info("%s: starting from the weights of %s", out_dir.name, cfg.init_from)
+    model = model.to(device, memory_format=torch.channels_last)
     adapter: nn.Module | None = None
     params = list(model.parameters())
     if use_hint:
@@ -210,15 +214,20 @@ def train_classifier(
     def lr_at(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
+        if cfg.swa:
+            return 1.0
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ema: AveragedModel | None = None
+    averaged: AveragedModel | None = None
     if cfg.ema_decay > 0:
         # BN statistics are averaged too (use_buffers), so the EMA model can be evaluated as is.
         # In the one run that used it (born-again, training/README.md) it lagged far behind the
         # raw weights early on; averaging BN statistics is the likely cause, so it is off by default.
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    elif cfg.swa:
+        # Equal average of the weights; BN statistics are recomputed for it after each update.
+        averaged = AveragedModel(model)
     gen = torch.Generator().manual_seed(cfg.seed)
     start_epoch, best = 0, float("inf")
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
@@ -226,8 +235,8 @@ def train_classifier(
         state = load_resume_state(last_path, model, opt, sched, gen)
         if adapter is not None and state.get("adapter"):
             adapter.load_state_dict(state["adapter"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
+        if averaged is not None and state.get("averaged"):
+            averaged.load_state_dict(state["averaged"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         log.info("%s: resuming at epoch %d (best val MAE %.3f)", out_dir.name, start_epoch, best)
 
@@ -278,12 +287,17 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
+            if averaged is not None and not cfg.swa:
+                averaged.update_parameters(model)
             sums["loss"] = sums["loss"] + loss.detach()
             sums["label"] = sums["label"] + l_label.detach()
-        # With EMA on, the averaged weights are what gets validated, kept and exported.
-        kept: nn.Module = ema.module if ema is not None else model
+        if averaged is not None and cfg.swa:
+            averaged.update_parameters(model)
+            # The averaged weights need their own BN statistics: those of the running model
+            # describe other weights. Recomputed on the unaugmented training crops.
+            update_bn(normalised_batches(data.train.crops, norm, device, 512), averaged)
+        # With EMA or SWA on, the averaged weights are what gets validated, kept and exported.
+        kept: nn.Module = averaged.module if averaged is not None else model
         mae = val_mae(kept, data, norm)
         improved = mae < best
         if improved:
@@ -320,7 +334,7 @@ def train_classifier(
             epoch,
             best,
             adapter=adapter.state_dict() if adapter is not None else None,
-            ema=ema.state_dict() if ema is not None else None,
+            averaged=averaged.state_dict() if averaged is not None else None,
         )
     final = build_classifier(cfg)
     final.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])

@@ -40,10 +40,13 @@ def evaluate_model_dir(model_dir: Path, cache: Path, split: str = "test", varian
     manifest, by_split = model_logits(model_dir, data, (split,), variant)
     logits = by_split[split]
     ages = np.asarray(manifest.ages, dtype=np.float64)
-    m = compute_metrics(softmax(logits), part.ages.numpy(), ages, split)
+    # The age as the service gives it: the expectation at the manifest's estimate temperature.
+    at_estimate = softmax(logits, manifest.estimate_temperature)
+    m = compute_metrics(at_estimate, part.ages.numpy(), ages, split)
+    m.extra.pop("coverage90")
     calibrated = interval_coverage(softmax(logits, manifest.temperature), part.ages.numpy(), ages)
     m.extra["coverage90_calibrated"] = round(calibrated, 4)
-    demo = demographic_metrics(softmax(logits), part.records, ages)
+    demo = demographic_metrics(at_estimate, part.records, ages)
     return {
         "model": f"{manifest.name}/{manifest.version}",
         "variant": variant,

@@ -179,15 +179,16 @@ def int8_variant(
     norm: Normalisation,
     ages: NDArray[np.float64],
     temperature: float,
+    estimate_temperature: float = 1.0,
 ) -> dict[str, str | float | int]:
     """Quantise `fp32_path` (calibrated on the first 512 val crops), measure the int8 file on the
-    test split, and return the manifest notes that describe it. `temperature` is the float
-    model's calibration, which the service applies to either file: the coverage of the int8
-    file's 90 % interval is measured with it."""
+    test split, and return the manifest notes that describe it. `temperature` and
+    `estimate_temperature` are the float model's, which the service applies to either file: the
+    int8 file's coverage and MAE are measured with them."""
     calib = normalise(to_float(data.val.crops[:512]), norm).numpy()
     quantize_int8(fp32_path, int8_path, calib)
     q_logits = onnx_logits(onnx_session(int8_path), data.test.crops, norm)
-    qm = compute_metrics(softmax(q_logits), data.test.ages.numpy(), ages)
+    qm = compute_metrics(softmax(q_logits, estimate_temperature), data.test.ages.numpy(), ages)
     return {
         "int8_file": int8_path.name,
         "int8_sha256": sha256_file(int8_path),
@@ -215,6 +216,7 @@ def register(
     notes: dict[str, str | float | int],
     card: str,
     file_name: str = "model.onnx",
+    estimate_temperature: float = 1.0,
 ) -> Path:
     """Copy the ONNX file into model_store/<name>/<version>/ and write its manifest and card.
 
@@ -246,6 +248,7 @@ def register(
         normalisation=norm,
         ages=list(range(101)),
         temperature=temperature,
+        estimate_temperature=estimate_temperature,
         parameters=parameters,
         training_data=training_data,
         split_sha256=split_sha256,

@@ -17,6 +17,18 @@ def _table(rows: list[AgeBand], head: str) -> str:
     return "\n".join(lines)
 
 
+def _estimate_line(temperature: float, estimate_temperature: float, metrics: Metrics) -> str:
+    if estimate_temperature == 1.0:
+        return "The age itself is the expectation at temperature 1."
+    ex = metrics.extra
+    return (
+        "The age is the mean of that calibrated distribution, the one the service returns: chosen "
+        f"on val (MAE {ex.get('val_mae_calibrated_softmax', float('nan')):.3f} against "
+        f"{ex.get('val_mae_raw_softmax', float('nan')):.3f} at temperature 1; on test "
+        f"{metrics.mae:.3f} against {ex.get('test_mae_raw_softmax', float('nan')):.3f})."
+    )
+
+
 def render_card(
     name: str,
     version: str,
@@ -28,6 +40,7 @@ def render_card(
     temperature: float,
     spec: AlignmentSpec,
     extra: str = "",
+    estimate_temperature: float = 1.0,
 ) -> str:
     int8 = ""
     if "int8_file" in notes:
@@ -72,7 +85,7 @@ DEX algorithm and checked by a person, so they are apparent, not verified chrono
 - Latency: measured by `benchmarks/model_latency.py`, output in
   `benchmarks/results/model_latency.json` (one thread, batch 1 and 8).
 {int8}- Uncertainty: softmax temperature {temperature:.3f}, fitted on val so the 90 % interval covers
-  90 % of val faces. The age itself is the expectation at temperature 1.
+  90 % of val faces. {_estimate_line(temperature, estimate_temperature, metrics)}
 
 ## Test metrics (n = {metrics.n})
 - MAE: **{metrics.mae:.2f}** years; CS@5: **{metrics.cs5:.3f}**

@@ -42,7 +42,8 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
     # The float model on this cache must give the metrics its manifest records: else the cache
     # (or the face pipeline that built it) differs from the one the model was measured with.
     fp32_logits = onnx_logits(onnx_session(source / manifest.file), data.test.crops, norm)
-    fp32_mae = compute_metrics(softmax(fp32_logits), data.test.ages.numpy(), ages).mae
+    t_est = manifest.estimate_temperature
+    fp32_mae = compute_metrics(softmax(fp32_logits, t_est), data.test.ages.numpy(), ages).mae
     if abs(fp32_mae - manifest.metrics.mae) > 0.01:
         raise ValueError(
             f"{source}: test MAE {fp32_mae:.4f} on this cache, its manifest says {manifest.metrics.mae:.4f}"
@@ -53,7 +54,9 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
     shutil.copyfile(source / manifest.file, dest / manifest.file)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = fp32_graph(source / manifest.file, Path(tmp) / "fp32.onnx")
-        int8_notes = int8_variant(fp32, dest / "model.int8.onnx", data, norm, ages, manifest.temperature)
+        int8_notes = int8_variant(
+            fp32, dest / "model.int8.onnx", data, norm, ages, manifest.temperature, t_est
+        )
     q_mae = int8_notes["int8_test_mae"]
     old_int8_mae = manifest.notes.get("int8_test_mae")
     notes = {
@@ -90,6 +93,7 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
         new.temperature,
         new.alignment,
         extra,
+        t_est,
     )
     (dest / "MODEL_CARD.md").write_text(card)
     log.info("registered %s/%s: int8 test MAE %.4f (float %.4f)", new.name, version, q_mae, fp32_mae)
