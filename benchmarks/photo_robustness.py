@@ -54,7 +54,7 @@ def as_photo(chip: Path, size: int) -> bytes:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--faces", type=int, default=1000)
-    ap.add_argument("--models", default="3.0.0:fp32,3.1.0:fp32,3.1.0:int8", help="version:variant,...")
+    ap.add_argument("--models", default="3.1.0:fp32,3.2.0:fp32,3.2.0:int8", help="version:variant,...")
     args = ap.parse_args()
     faces = test_faces(args.faces)
     inputs = {
