@@ -140,7 +140,7 @@ def fit_temperature(
     return best_t
 
 
-def val_mae_at(
+def mae_at_temperature(
     logits: NDArray[np.floating], true_ages: NDArray[np.floating], ages: NDArray[np.floating], t: float
 ) -> float:
     """MAE of the expectation of softmax(logits / t)."""
@@ -165,7 +165,7 @@ def choose_estimate_temperature(
     faces, and with the calibrated one the age is the mean of the distribution that is returned.
     """
     maes = {
-        "raw": val_mae_at(val_logits, val_true, ages, 1.0),
-        "calibrated": val_mae_at(val_logits, val_true, ages, calibrated),
+        "raw": mae_at_temperature(val_logits, val_true, ages, 1.0),
+        "calibrated": mae_at_temperature(val_logits, val_true, ages, calibrated),
     }
     return (calibrated if maes["calibrated"] < maes["raw"] else 1.0), maes

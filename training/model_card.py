@@ -17,7 +17,7 @@ def _table(rows: list[AgeBand], head: str) -> str:
     return "\n".join(lines)
 
 
-def _estimate_line(temperature: float, estimate_temperature: float, metrics: Metrics) -> str:
+def _estimate_line(estimate_temperature: float, metrics: Metrics) -> str:
     if estimate_temperature == 1.0:
         return "The age itself is the expectation at temperature 1."
     ex = metrics.extra
@@ -85,7 +85,7 @@ DEX algorithm and checked by a person, so they are apparent, not verified chrono
 - Latency: measured by `benchmarks/model_latency.py`, output in
   `benchmarks/results/model_latency.json` (one thread, batch 1 and 8).
 {int8}- Uncertainty: softmax temperature {temperature:.3f}, fitted on val so the 90 % interval covers
-  90 % of val faces. {_estimate_line(temperature, estimate_temperature, metrics)}
+  90 % of val faces. {_estimate_line(estimate_temperature, metrics)}
 
 ## Test metrics (n = {metrics.n})
 - MAE: **{metrics.mae:.2f}** years; CS@5: **{metrics.cs5:.3f}**
