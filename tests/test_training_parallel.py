@@ -112,9 +112,11 @@ def test_parallel_driver_and_reevaluation(tmp_path: Path) -> None:
 @needs_dataset
 @pytest.mark.slow
 def test_a_second_generation_reuses_a_runs_teachers(tmp_path: Path) -> None:
-    """utkface_gpu_patient.toml's path on the smoke data: teacher_dir points at a finished run,
-    the parallel driver skips the teachers and runs each born-again seed (online teachers,
-    mixup) beside the control arm; reevaluate summarises the born-again runs as an arm."""
+    """utkface_gpu_patient.toml's and utkface_gen3_swa.toml's path on the smoke data: teacher_dir
+    points at a finished run, the parallel driver skips the teachers and runs each born-again
+    seed (online teachers, mixup) beside the control arm, all warm-started from the first run's
+    student with weight averaging; reevaluate summarises the born-again runs as an arm and
+    measures the network they started from the same way."""
     (tmp_path / "first").mkdir()
     first = write_config(tmp_path / "first")
     run = [sys.executable, "-m"]
@@ -127,13 +129,22 @@ def test_a_second_generation_reuses_a_runs_teachers(tmp_path: Path) -> None:
         f'run_dir = "{tmp_path / "first" / "run"}"',
         f'run_dir = "{tmp_path / "second"}"\nteacher_dir = "{tmp_path / "first" / "run"}"',
     )
-    text = text.replace("[student]\n", "[student]\nmixup = 0.5\n")
+    init = tmp_path / "first" / "run" / "student" / "best.pt"
+    text = text.replace("[student]\n", f'[student]\nmixup = 0.5\nswa = true\ninit_from = "{init}"\n')
     text = text.replace(
-        "[born_again]\nenabled = true\n", '[born_again]\nenabled = true\nname = "patient"\nseeds = [0, 1]\n'
+        "[born_again]\nenabled = true\n",
+        '[born_again]\nenabled = true\nname = "patient"\nseeds = [0, 1]\n',
     )
     text = text.replace("[ablation]\nenabled = true\n", '[ablation]\nenabled = true\narms = ["student_ce"]\n')
     text = text.replace('source = "student_gen2"', 'source = "patient_seed1"')
     second.write_text(text)
+    # With swa, smoke.toml's born-again EMA would be a second weight average: refused at load.
+    refused = subprocess.run(
+        [*run, "training.parallel", "--config", str(second)], cwd=REPO, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "set [born_again] ema_decay = 0" in refused.stderr
+    assert "ema_decay = 0.9\n" in text
+    second.write_text(text.replace("ema_decay = 0.9\n", "ema_decay = 0.0\n"))
     proc = subprocess.run(
         [*run, "training.parallel", "--config", str(second)], cwd=REPO, capture_output=True, text=True
     )
@@ -148,6 +159,12 @@ def test_a_second_generation_reuses_a_runs_teachers(tmp_path: Path) -> None:
     assert set(ablation["arms"]) == {"student_ce"} and len(ablation["arms"]["student_ce"]["runs"]) == 2
     report = reevaluated(second, tmp_path / "reeval.json")
     assert report["arms"]["patient"]["seeds"] == 2 and report["arms"]["student_ce"]["seeds"] == 2
+    first_student = json.loads((tmp_path / "first" / "run" / "student" / "result.json").read_text())
+    assert report["init_from"]["test_one_pass"]["mae"] == pytest.approx(first_student["mae"], abs=1e-3)
+    for entry in (report["init_from"], report["runs"]["patient_seed0"]):
+        assert entry["flip_calibration_temperature"] > 0
+        assert {"val_flip_calibrated", "test_flip_calibrated"} <= set(entry)
+    assert "mean" in report["arms"]["patient"]["test_flip_calibrated"]["mae"]
     # The teachers' stages are refused for a run that reads them from another one.
     refused = subprocess.run(
         [*run, "agelens.cli", "train", "--config", str(second), "--stages", "dk_teacher"],

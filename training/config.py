@@ -155,6 +155,14 @@ class PipelineConfig(BaseModel):
     # "auto": the CUDA GPU when torch sees one, else the CPU. The same code runs on both.
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
 
+    @model_validator(mode="after")
+    def _born_again_averages_one_way(self) -> PipelineConfig:
+        # The born-again runs take the student's settings with born_again.ema_decay on top: with
+        # [student] swa, that would ask for both averages (BornAgainConfig's default EMA is on).
+        if self.born_again.enabled and self.student.swa and self.born_again.ema_decay > 0:
+            raise ValueError("[student] swa is set: set [born_again] ema_decay = 0 (one weight average)")
+        return self
+
     @property
     def teachers_root(self) -> Path:
         return self.teacher_dir or self.run_dir

@@ -24,7 +24,7 @@ from agelens.ages import softmax
 from training.classifier import load_classifier
 from training.config import PipelineConfig
 from training.dataset import CachedData, load_data
-from training.evaluate import compute_metrics, mean_std, predict_logits
+from training.evaluate import compute_metrics, fit_temperature, mean_std, predict_logits
 from training.export import FlipAveraged
 from training.ordinal import load_ordinal_teacher
 from training.pipeline import AGES, ARMS, NORM, born_again_runs, ordinal_report
@@ -36,15 +36,26 @@ def metrics_entry(probs: NDArray[np.floating], data: CachedData, part: str) -> d
 
 
 def classifier_report(path: Path, data: CachedData, probs_out: dict[str, list] | None = None) -> dict:
-    """One network's figures; its flip-averaged probabilities are appended to `probs_out`."""
+    """One network's figures; its flip-averaged probabilities are appended to `probs_out`.
+
+    `*_flip_calibrated`: the age as the export stage would give it if it chose the calibrated
+    distribution (temperature fitted on val for the 90 % interval, `estimate_temperature`)."""
     model = load_classifier(path)
     out: dict = {}
+    flip_logits: dict[str, NDArray[np.floating]] = {}
     for mode, net in (("one_pass", model), ("flip", FlipAveraged(model).eval())):
         for part in ("val", "test"):
-            probs = softmax(predict_logits(net, data.part(part).crops, NORM))
+            logits = predict_logits(net, data.part(part).crops, NORM)
+            probs = softmax(logits)
             out[f"{part}_{mode}"] = metrics_entry(probs, data, part)
-            if probs_out is not None and mode == "flip":
-                probs_out[part].append(probs)
+            if mode == "flip":
+                flip_logits[part] = logits
+                if probs_out is not None:
+                    probs_out[part].append(probs)
+    t = fit_temperature(flip_logits["val"], data.val.ages.numpy(), AGES)
+    out["flip_calibration_temperature"] = round(t, 4)
+    for part in ("val", "test"):
+        out[f"{part}_flip_calibrated"] = metrics_entry(softmax(flip_logits[part], t), data, part)
     return out
 
 
@@ -55,7 +66,14 @@ def mean_std_entry(values: list[float]) -> dict[str, float]:
 
 def arm_summary(runs: dict[str, dict]) -> dict:
     out: dict = {}
-    for key in ("val_one_pass", "test_one_pass", "val_flip", "test_flip"):
+    for key in (
+        "val_one_pass",
+        "test_one_pass",
+        "val_flip",
+        "test_flip",
+        "val_flip_calibrated",
+        "test_flip_calibrated",
+    ):
         out[key] = {
             "mae": mean_std_entry([r[key]["mae"] for r in runs.values()]),
             "cs5": mean_std_entry([r[key]["cs5"] for r in runs.values()]),
@@ -75,6 +93,12 @@ def reevaluate(cfg: PipelineConfig, cache: Path) -> dict:
     for name in ("dk_teacher", "student"):
         if (rd / name / "best.pt").exists():
             report["runs"][name] = classifier_report(rd / name / "best.pt", data, probs)
+    if cfg.student.init_from is not None:
+        # The network the runs started from, measured the same way: the baseline of a warm start.
+        report["init_from"] = {
+            "path": str(cfg.student.init_from),
+            **classifier_report(cfg.student.init_from, data),
+        }
     for arm in ARMS:
         runs = {}
         for seed in cfg.ablation.seeds:
@@ -124,7 +148,9 @@ def main() -> None:
         print(
             f"{arm:16s} val {s['val_one_pass']['mae']['mean']:.3f}±{s['val_one_pass']['mae']['std']:.3f} "
             f"test {s['test_one_pass']['mae']['mean']:.3f}±{s['test_one_pass']['mae']['std']:.3f} | flip: "
-            f"val {s['val_flip']['mae']['mean']:.3f} test {s['test_flip']['mae']['mean']:.3f}"
+            f"val {s['val_flip']['mae']['mean']:.3f} test {s['test_flip']['mae']['mean']:.3f} | calibrated: "
+            f"val {s['val_flip_calibrated']['mae']['mean']:.3f} "
+            f"test {s['test_flip_calibrated']['mae']['mean']:.3f}"
         )
 
 
