@@ -165,6 +165,7 @@ def test_a_second_generation_reuses_a_runs_teachers(tmp_path: Path) -> None:
         assert entry["flip_calibration_temperature"] > 0
         assert {"val_flip_calibrated", "test_flip_calibrated"} <= set(entry)
     assert "mean" in report["arms"]["patient"]["test_flip_calibrated"]["mae"]
+    assert report["born_again_teachers_ensemble_flip"]["test"]["mae"] > 0
     # The teachers' stages are refused for a run that reads them from another one.
     refused = subprocess.run(
         [*run, "agelens.cli", "train", "--config", str(second), "--stages", "dk_teacher"],

@@ -118,6 +118,19 @@ def reevaluate(cfg: PipelineConfig, cache: Path) -> dict:
         if runs:
             report["runs"].update(runs)
             report["arms"][cfg.born_again.name] = {"seeds": len(runs), **arm_summary(runs)}
+    if cfg.born_again.enabled:
+        # The born-again runs' dark-knowledge teacher: the mean of its members' flip-averaged
+        # distributions (the service's view of an ensemble), at temperature 1.
+        member_probs: dict[str, list] = {"val": [], "test": []}
+        for name in cfg.born_again.teachers:
+            classifier_report(cfg.teachers_root / name / "best.pt", data, member_probs)
+        report["born_again_teachers_ensemble_flip"] = {
+            "members": list(cfg.born_again.teachers),
+            **{
+                part: metrics_entry(np.mean(member_probs[part], axis=0), data, part)
+                for part in ("val", "test")
+            },
+        }
     if len(probs["val"]) > 1:
         # The mean of every network's flip-averaged distribution: what the same architecture
         # reaches when many runs vote, i.e. a ceiling for teachers built from it.
