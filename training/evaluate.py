@@ -102,6 +102,24 @@ def compute_metrics(
     )
 
 
+def served_metrics(
+    logits: NDArray[np.floating],
+    true_ages: NDArray[np.floating],
+    ages: NDArray[np.floating],
+    temperature: float,
+    estimate_temperature: float,
+    split: str = "test",
+) -> Metrics:
+    """The metrics of what the service answers for these logits: the age at the estimate
+    temperature, and the 90 % interval at the calibrated one (`coverage90_calibrated`)."""
+    m = compute_metrics(softmax(logits, estimate_temperature), true_ages, ages, split)
+    m.extra.pop("coverage90")  # the interval of the estimate's distribution: not what is served
+    m.extra["coverage90_calibrated"] = round(
+        interval_coverage(softmax(logits, temperature), true_ages, ages), 4
+    )
+    return m
+
+
 def demographic_metrics(
     probs: NDArray[np.floating], records: list[Record], ages: NDArray[np.floating]
 ) -> dict[str, list[AgeBand]]:

@@ -12,7 +12,7 @@ from agelens.ages import softmax
 from agelens.faces import normalise
 from agelens.manifest import MANIFEST_FILENAME, ModelManifest
 from training.dataset import CachedData, load_data
-from training.evaluate import compute_metrics, demographic_metrics, interval_coverage
+from training.evaluate import demographic_metrics, served_metrics
 
 
 def model_logits(
@@ -40,13 +40,9 @@ def evaluate_model_dir(model_dir: Path, cache: Path, split: str = "test", varian
     manifest, by_split = model_logits(model_dir, data, (split,), variant)
     logits = by_split[split]
     ages = np.asarray(manifest.ages, dtype=np.float64)
-    # The age as the service gives it: the expectation at the manifest's estimate temperature.
-    at_estimate = softmax(logits, manifest.estimate_temperature)
-    m = compute_metrics(at_estimate, part.ages.numpy(), ages, split)
-    m.extra.pop("coverage90")
-    calibrated = interval_coverage(softmax(logits, manifest.temperature), part.ages.numpy(), ages)
-    m.extra["coverage90_calibrated"] = round(calibrated, 4)
-    demo = demographic_metrics(at_estimate, part.records, ages)
+    t, t_est = manifest.temperature, manifest.estimate_temperature
+    m = served_metrics(logits, part.ages.numpy(), ages, t, t_est, split)
+    demo = demographic_metrics(softmax(logits, t_est), part.records, ages)
     return {
         "model": f"{manifest.name}/{manifest.version}",
         "variant": variant,

@@ -15,7 +15,6 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from agelens.ages import softmax
 from agelens.manifest import (
     MANIFEST_FILENAME,
     AlignmentSpec,
@@ -26,7 +25,7 @@ from agelens.manifest import (
 )
 from training.augment import normalise, to_float
 from training.dataset import CachedData
-from training.evaluate import compute_metrics, interval_coverage
+from training.evaluate import served_metrics
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +187,14 @@ def int8_variant(
     calib = normalise(to_float(data.val.crops[:512]), norm).numpy()
     quantize_int8(fp32_path, int8_path, calib)
     q_logits = onnx_logits(onnx_session(int8_path), data.test.crops, norm)
-    qm = compute_metrics(softmax(q_logits, estimate_temperature), data.test.ages.numpy(), ages)
+    qm = served_metrics(q_logits, data.test.ages.numpy(), ages, temperature, estimate_temperature)
     return {
         "int8_file": int8_path.name,
         "int8_sha256": sha256_file(int8_path),
         "int8_bytes": int8_path.stat().st_size,
         "int8_test_mae": qm.mae,
         "int8_test_cs5": qm.cs5,
-        "int8_coverage90_calibrated": round(
-            interval_coverage(softmax(q_logits, temperature), data.test.ages.numpy(), ages), 4
-        ),
+        "int8_coverage90_calibrated": qm.extra["coverage90_calibrated"],
     }
 
 

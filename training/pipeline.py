@@ -39,8 +39,10 @@ from training.evaluate import (
     demographic_metrics,
     fit_temperature,
     interval_coverage,
+    mae_at_temperature,
     mean_std,
     predict_logits,
+    served_metrics,
 )
 from training.model_card import render_card
 from training.models import AgeClassifier, OrdinalTeacher, conv_flops, count_parameters
@@ -392,13 +394,9 @@ def export_classifier(
     estimate_t, val_maes = choose_estimate_temperature(val_logits, data.val.ages.numpy(), AGES, temperature)
     test_logits = onnx_logits(sess, data.test.crops, NORM)
     test_true = data.test.ages.numpy()
-    # Every test figure is the service's answer: the age at the estimate temperature.
-    metrics = compute_metrics(softmax(test_logits, estimate_t), test_true, AGES)
-    # Interval coverage with the calibrated temperature, as the service computes it.
-    metrics.extra.pop("coverage90")
-    metrics.extra["coverage90_calibrated"] = round(
-        interval_coverage(softmax(test_logits, temperature), test_true, AGES), 4
-    )
+    # Every test figure is the service's answer: the age at the estimate temperature, the
+    # interval at the calibrated one.
+    metrics = served_metrics(test_logits, test_true, AGES, temperature, estimate_t)
     metrics.extra["coverage90_uncalibrated"] = round(
         interval_coverage(softmax(test_logits), test_true, AGES), 4
     )
@@ -406,7 +404,7 @@ def export_classifier(
     metrics.extra["val_mae"] = val_maes["calibrated" if estimate_t != 1.0 else "raw"]
     metrics.extra["val_mae_raw_softmax"] = val_maes["raw"]
     metrics.extra["val_mae_calibrated_softmax"] = val_maes["calibrated"]
-    metrics.extra["test_mae_raw_softmax"] = compute_metrics(softmax(test_logits), test_true, AGES).mae
+    metrics.extra["test_mae_raw_softmax"] = mae_at_temperature(test_logits, test_true, AGES, 1.0)
     demo = demographic_metrics(softmax(test_logits, estimate_t), data.test.records, AGES)
     notes: dict[str, str | float | int] = {
         "description": description,
@@ -421,7 +419,7 @@ def export_classifier(
     }
     if ex.fp16_weights:
         fp32_logits = onnx_logits(onnx_session(fp32_path), data.test.crops, NORM)
-        fp32_mae = compute_metrics(softmax(fp32_logits, estimate_t), test_true, AGES).mae
+        fp32_mae = mae_at_temperature(fp32_logits, test_true, AGES, estimate_t)
         notes["fp32_weights_test_mae"] = fp32_mae
         notes["fp32_weights_onnx_bytes"] = fp32_path.stat().st_size
         notes["fp32_onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import nn
 
 from agelens.ages import softmax
 from training.classifier import load_classifier
@@ -35,6 +36,12 @@ def metrics_entry(probs: NDArray[np.floating], data: CachedData, part: str) -> d
     return {"mae": m.mae, "cs5": m.cs5, "bands": {b.name: b.mae for b in m.bands}}
 
 
+def flip_logits(model: nn.Module, data: CachedData) -> dict[str, NDArray[np.float32]]:
+    """A network's logits on val and test, flip-averaged as exported."""
+    net = FlipAveraged(model).eval()
+    return {part: predict_logits(net, data.part(part).crops, NORM) for part in ("val", "test")}
+
+
 def classifier_report(path: Path, data: CachedData, probs_out: dict[str, list] | None = None) -> dict:
     """One network's figures; its flip-averaged probabilities are appended to `probs_out`.
 
@@ -42,20 +49,20 @@ def classifier_report(path: Path, data: CachedData, probs_out: dict[str, list] |
     distribution (temperature fitted on val for the 90 % interval, `estimate_temperature`)."""
     model = load_classifier(path)
     out: dict = {}
-    flip_logits: dict[str, NDArray[np.floating]] = {}
-    for mode, net in (("one_pass", model), ("flip", FlipAveraged(model).eval())):
-        for part in ("val", "test"):
-            logits = predict_logits(net, data.part(part).crops, NORM)
-            probs = softmax(logits)
-            out[f"{part}_{mode}"] = metrics_entry(probs, data, part)
-            if mode == "flip":
-                flip_logits[part] = logits
-                if probs_out is not None:
-                    probs_out[part].append(probs)
-    t = fit_temperature(flip_logits["val"], data.val.ages.numpy(), AGES)
-    out["flip_calibration_temperature"] = round(t, 4)
     for part in ("val", "test"):
-        out[f"{part}_flip_calibrated"] = metrics_entry(softmax(flip_logits[part], t), data, part)
+        out[f"{part}_one_pass"] = metrics_entry(
+            softmax(predict_logits(model, data.part(part).crops, NORM)), data, part
+        )
+    flip = flip_logits(model, data)
+    for part, logits in flip.items():
+        probs = softmax(logits)
+        out[f"{part}_flip"] = metrics_entry(probs, data, part)
+        if probs_out is not None:
+            probs_out[part].append(probs)
+    t = fit_temperature(flip["val"], data.val.ages.numpy(), AGES)
+    out["flip_calibration_temperature"] = round(t, 4)
+    for part, logits in flip.items():
+        out[f"{part}_flip_calibrated"] = metrics_entry(softmax(logits, t), data, part)
     return out
 
 
@@ -118,16 +125,16 @@ def reevaluate(cfg: PipelineConfig, cache: Path) -> dict:
         if runs:
             report["runs"].update(runs)
             report["arms"][cfg.born_again.name] = {"seeds": len(runs), **arm_summary(runs)}
-    if cfg.born_again.enabled:
-        # The born-again runs' dark-knowledge teacher: the mean of its members' flip-averaged
-        # distributions (the service's view of an ensemble), at temperature 1.
-        member_probs: dict[str, list] = {"val": [], "test": []}
-        for name in cfg.born_again.teachers:
-            classifier_report(cfg.teachers_root / name / "best.pt", data, member_probs)
+        # Their dark-knowledge teacher: the mean of its members' flip-averaged distributions
+        # (the service's view of an ensemble), at temperature 1.
+        members = [
+            flip_logits(load_classifier(cfg.teachers_root / name / "best.pt"), data)
+            for name in cfg.born_again.teachers
+        ]
         report["born_again_teachers_ensemble_flip"] = {
             "members": list(cfg.born_again.teachers),
             **{
-                part: metrics_entry(np.mean(member_probs[part], axis=0), data, part)
+                part: metrics_entry(np.mean([softmax(m[part]) for m in members], axis=0), data, part)
                 for part in ("val", "test")
             },
         }

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from agelens.ages import softmax
 from agelens.manifest import MANIFEST_FILENAME, AgeBand, ModelManifest
 from training.dataset import load_data
-from training.evaluate import compute_metrics
+from training.evaluate import mae_at_temperature
 from training.export import fp32_graph, int8_variant, onnx_logits, onnx_session
 from training.model_card import render_card
 
@@ -43,7 +42,7 @@ def requantize(source: Path, version: str, cache: Path) -> Path:
     # (or the face pipeline that built it) differs from the one the model was measured with.
     fp32_logits = onnx_logits(onnx_session(source / manifest.file), data.test.crops, norm)
     t_est = manifest.estimate_temperature
-    fp32_mae = compute_metrics(softmax(fp32_logits, t_est), data.test.ages.numpy(), ages).mae
+    fp32_mae = mae_at_temperature(fp32_logits, data.test.ages.numpy(), ages, t_est)
     if abs(fp32_mae - manifest.metrics.mae) > 0.01:
         raise ValueError(
             f"{source}: test MAE {fp32_mae:.4f} on this cache, its manifest says {manifest.metrics.mae:.4f}"
