@@ -347,3 +347,19 @@ def test_the_age_estimate_temperature_is_chosen_on_val() -> None:
     # A temperature above 1 widens them further: temperature 1 is kept.
     t, maes = choose_estimate_temperature(logits, true, ages, calibrated=2.0)
     assert t == 1.0 and maes["calibrated"] > maes["raw"]
+
+
+def test_median_age_interpolates_inside_its_class_and_paired_change_has_its_standard_error() -> None:
+    from training.evaluate import paired_mae_change
+    from training.readout import median_age
+
+    ages = np.arange(101, dtype=np.float64)
+    p = np.zeros((3, 101))
+    p[0, 40] = 1.0  # all mass in one class: its centre
+    p[1, [10, 20]] = 0.5  # the 0.5 quantile is reached at the upper edge of class 10
+    p[2, [30, 31, 90]] = [0.25, 0.5, 0.25]  # a far tail moves the mean (45.75), not the median
+    np.testing.assert_allclose(median_age(p, ages), [40.0, 10.5, 31.0])
+    true = np.array([1.0, 2.0, 3.0, 4.0])
+    out = paired_mae_change(new=true + [0, 0, 1, 1], old=true + [1, 1, 1, -1], true=true)
+    # Face by face: -1, -1, 0, 0 -> mean -0.5, sample std 0.577, over sqrt(4).
+    assert out == {"mae_change": -0.5, "std_error": round(np.std([-1, -1, 0, 0], ddof=1) / 2, 4)}

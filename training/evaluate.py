@@ -42,6 +42,22 @@ def _mae_cs5(pred: NDArray[np.floating], true: NDArray[np.floating]) -> tuple[fl
     return float(err.mean()), float((err <= 5).mean())
 
 
+def paired_mae_change(
+    new: NDArray[np.floating], old: NDArray[np.floating], true: NDArray[np.floating]
+) -> dict[str, float]:
+    """MAE change from the `old` to the `new` estimates of the same faces, with the standard error
+    of the face-by-face difference. Two estimators that share most of their errors (a network
+    and its continuation, or two readouts of one distribution) can be told apart by much less
+    than the seed spread of independent runs; a change under about two standard errors is not
+    one."""
+    t = np.asarray(true, dtype=np.float64)
+    d = np.abs(np.asarray(new, dtype=np.float64) - t) - np.abs(np.asarray(old, dtype=np.float64) - t)
+    return {
+        "mae_change": round(float(d.mean()), 4),
+        "std_error": round(float(d.std(ddof=1) / np.sqrt(len(d))), 4),
+    }
+
+
 def group_metrics(
     pred: NDArray[np.floating], true: NDArray[np.floating], keys: Sequence[str]
 ) -> list[AgeBand]:

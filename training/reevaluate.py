@@ -21,11 +21,17 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from agelens.ages import softmax
+from agelens.ages import expected_age, softmax
 from training.classifier import load_classifier
 from training.config import PipelineConfig
 from training.dataset import CachedData, load_data
-from training.evaluate import compute_metrics, fit_temperature, mean_std, predict_logits
+from training.evaluate import (
+    compute_metrics,
+    fit_temperature,
+    mean_std,
+    paired_mae_change,
+    predict_logits,
+)
 from training.export import FlipAveraged
 from training.ordinal import load_ordinal_teacher
 from training.pipeline import AGES, ARMS, NORM, born_again_runs, ordinal_report
@@ -42,8 +48,14 @@ def flip_logits(model: nn.Module, data: CachedData) -> dict[str, NDArray[np.floa
     return {part: predict_logits(net, data.part(part).crops, NORM) for part in ("val", "test")}
 
 
-def classifier_report(path: Path, data: CachedData, probs_out: dict[str, list] | None = None) -> dict:
-    """One network's figures; its flip-averaged probabilities are appended to `probs_out`.
+def classifier_report(
+    path: Path,
+    data: CachedData,
+    probs_out: dict[str, list] | None = None,
+    estimates_out: dict[str, NDArray[np.float64]] | None = None,
+) -> dict:
+    """One network's figures; its flip-averaged probabilities are appended to `probs_out`, its
+    `*_flip_calibrated` age estimates per face written to `estimates_out`.
 
     `*_flip_calibrated`: the age as the export stage would give it if it chose the calibrated
     distribution (temperature fitted on val for the 90 % interval, `estimate_temperature`)."""
@@ -63,6 +75,24 @@ def classifier_report(path: Path, data: CachedData, probs_out: dict[str, list] |
     out["flip_calibration_temperature"] = round(t, 4)
     for part, logits in flip.items():
         out[f"{part}_flip_calibrated"] = metrics_entry(softmax(logits, t), data, part)
+        if estimates_out is not None:
+            estimates_out[part] = expected_age(softmax(logits, t), AGES)
+    return out
+
+
+def warm_start_report(
+    path: Path, data: CachedData, probs_out: dict[str, list], start: dict[str, NDArray[np.float64]]
+) -> dict:
+    """`classifier_report`, plus, for a run that started from another network's weights (`start`
+    holds that network's estimates; empty otherwise), its change against that start face by
+    face: the question a continuation answers is whether it ends below where it began."""
+    estimates: dict[str, NDArray[np.float64]] = {}
+    out = classifier_report(path, data, probs_out, estimates)
+    if start:
+        out["flip_calibrated_vs_init_from"] = {
+            part: paired_mae_change(estimates[part], start[part], data.part(part).ages.numpy())
+            for part in ("val", "test")
+        }
     return out
 
 
@@ -100,25 +130,26 @@ def reevaluate(cfg: PipelineConfig, cache: Path) -> dict:
     for name in ("dk_teacher", "student"):
         if (rd / name / "best.pt").exists():
             report["runs"][name] = classifier_report(rd / name / "best.pt", data, probs)
+    start: dict[str, NDArray[np.float64]] = {}
     if cfg.student.init_from is not None:
         # The network the runs started from, measured the same way: the baseline of a warm start.
         report["init_from"] = {
             "path": str(cfg.student.init_from),
-            **classifier_report(cfg.student.init_from, data),
+            **classifier_report(cfg.student.init_from, data, estimates_out=start),
         }
     for arm in ARMS:
         runs = {}
         for seed in cfg.ablation.seeds:
             path = rd / "ablation" / f"{arm}_seed{seed}" / "best.pt"
             if path.exists():
-                runs[f"{arm}_seed{seed}"] = classifier_report(path, data, probs)
+                runs[f"{arm}_seed{seed}"] = warm_start_report(path, data, probs, start)
         if runs:
             report["runs"].update(runs)
             report["arms"][arm] = {"seeds": len(runs), **arm_summary(runs)}
     if cfg.born_again.enabled:
         # The born-again runs (one per seed) are summarised like an arm, under their name.
         runs = {
-            name: classifier_report(rd / name / "best.pt", data, probs)
+            name: warm_start_report(rd / name / "best.pt", data, probs, start)
             for name, _ in born_again_runs(cfg)
             if (rd / name / "best.pt").exists()
         }
