@@ -360,6 +360,6 @@ def test_median_age_interpolates_inside_its_class_and_paired_change_has_its_stan
     p[2, [30, 31, 90]] = [0.25, 0.5, 0.25]  # a far tail moves the mean (45.75), not the median
     np.testing.assert_allclose(median_age(p, ages), [40.0, 10.5, 31.0])
     true = np.array([1.0, 2.0, 3.0, 4.0])
-    out = paired_mae_change(new=true + [0, 0, 1, 1], old=true + [1, 1, 1, -1], true=true)
+    out = paired_mae_change(new=true + np.array([0, 0, 1, 1]), old=true + np.array([1, 1, 1, -1]), true=true)
     # Face by face: -1, -1, 0, 0 -> mean -0.5, sample std 0.577, over sqrt(4).
     assert out == {"mae_change": -0.5, "std_error": round(np.std([-1, -1, 0, 0], ddof=1) / 2, 4)}
