@@ -244,7 +244,9 @@ def test_online_teachers_with_mixup_train_and_match_their_members(tmp_path: Path
     from training.config import ClassifierConfig, DistillConfig
 
     torch.manual_seed(0)
-    members = [AgeClassifier(), AgeClassifier()]
+    # A member may be wider than the student (stage_born_again builds each from its own
+    # checkpoint's config): the direction training/README.md leaves for a GPU.
+    members = [AgeClassifier(), AgeClassifier(widths=(96, 192, 256), stem=48)]
     teachers = OnlineTeachers(members, OrdinalTeacher(k=4, embed_dim=32))
     x = torch.randn(3, 3, 64, 64)
     logits, embed = teachers(x)
