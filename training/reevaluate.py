@@ -74,9 +74,10 @@ def classifier_report(
     t = fit_temperature(flip["val"], data.val.ages.numpy(), AGES)
     out["flip_calibration_temperature"] = round(t, 4)
     for part, logits in flip.items():
-        out[f"{part}_flip_calibrated"] = metrics_entry(softmax(logits, t), data, part)
+        calibrated = softmax(logits, t)
+        out[f"{part}_flip_calibrated"] = metrics_entry(calibrated, data, part)
         if estimates_out is not None:
-            estimates_out[part] = expected_age(softmax(logits, t), AGES)
+            estimates_out[part] = expected_age(calibrated, AGES)
     return out
 
 
