@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.config import PipelineConfig
     from training.pipeline import STAGES, default_stages, run_pipeline, teacher_stages_refusal
 
-    cfg = PipelineConfig.load(Path(args.config))
+    cfg = PipelineConfig.load(Path(args.config), args.set)
     if args.threads:
         cfg = cfg.model_copy(update={"threads": args.threads})
     if args.device:
@@ -233,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arms", help="comma-separated ablation arms to run, overriding the config")
     t.add_argument(
         "--seeds", help="comma-separated ablation (and born-again) seeds to run, overriding the config"
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set dk_teacher.seed=1 --set run_dir=runs/x (repeatable)",
     )
     t.set_defaults(func=cmd_train)
 

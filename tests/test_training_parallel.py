@@ -174,3 +174,26 @@ def test_a_second_generation_reuses_a_runs_teachers(tmp_path: Path) -> None:
         text=True,
     )
     assert refused.returncode != 0 and "teacher_dir is set" in refused.stderr
+
+
+def test_command_line_overrides_set_typed_values_and_refuse_unknown_keys() -> None:
+    from training.config import PipelineConfig, apply_overrides
+
+    base = PipelineConfig.load(REPO / "training/configs/utkface_wide_teacher.toml")
+    cfg = apply_overrides(
+        base,
+        [
+            "dk_teacher.seed=2",
+            "run_dir=runs/wide-s2",
+            'born_again.teachers=["a", "../b/dk_teacher"]',
+            "student.lr=1e-3",
+        ],
+    )
+    assert cfg.dk_teacher.seed == 2 and base.dk_teacher.seed == 0
+    assert cfg.run_dir == Path("runs/wide-s2")
+    assert cfg.born_again.teachers == ["a", "../b/dk_teacher"]
+    assert cfg.student.lr == 1e-3
+    assert cfg.dk_teacher.widths == (96, 192, 256)  # untouched settings survive the round trip
+    for bad in ["dk_teacher.sed=1", "nosection.seed=1", "dk_teacher.seed=many", "no-equals-sign"]:
+        with pytest.raises(ValueError):
+            apply_overrides(base, [bad])

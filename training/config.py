@@ -168,9 +168,41 @@ class PipelineConfig(BaseModel):
         return self.teacher_dir or self.run_dir
 
     @classmethod
-    def load(cls, path: Path) -> PipelineConfig:
-        """A TOML config, or the JSON that `training/parallel.py` writes with its chosen epochs."""
+    def load(cls, path: Path, overrides: list[str] | None = None) -> PipelineConfig:
+        """A TOML config, or the JSON that `training/parallel.py` writes with its chosen epochs,
+        with `key.sub=value` overrides on top (see `apply_overrides`)."""
         if path.suffix == ".json":
-            return cls.model_validate_json(path.read_text())
-        with open(path, "rb") as fh:
-            return cls.model_validate(tomllib.load(fh))
+            cfg = cls.model_validate_json(path.read_text())
+        else:
+            with open(path, "rb") as fh:
+                cfg = cls.model_validate(tomllib.load(fh))
+        return apply_overrides(cfg, overrides or [])
+
+
+def apply_overrides(cfg: PipelineConfig, overrides: list[str]) -> PipelineConfig:
+    """Set dotted keys from the command line: `dk_teacher.seed=1`, `run_dir="runs/x"`,
+    `born_again.teachers=["a", "b"]`. The value is read as a TOML value, and a bare word that is
+    not one (`run_dir=runs/x`) as a string. Everything is validated again, so a misspelt key or a
+    wrong type is refused rather than ignored: one config file then serves several seeds or
+    variants of a run without a near-copy of it per variant."""
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not key=value")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {item!r}: no section {part!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"override {item!r}: no setting {leaf!r}")
+        node[leaf] = value
+    return PipelineConfig.model_validate(data)

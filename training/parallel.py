@@ -176,9 +176,11 @@ def main() -> None:
         "--budget-s", type=float, default=0.0, help="fit the epochs to this many seconds (0: as configured)"
     )
     ap.add_argument("--teacher-ratio", type=float, default=1.5)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for agelens train")
     args = ap.parse_args()
     t0 = time.time()
-    cfg = PipelineConfig.load(args.config)
+    # The children read config.effective.json, so the overrides reach every process.
+    cfg = PipelineConfig.load(args.config, args.set)
     if args.budget_s:
         cfg = fit_epochs(cfg, args.budget_s, args.teacher_ratio, t0)
     config_path = write_config(cfg, cfg.run_dir / "config.effective.json")
