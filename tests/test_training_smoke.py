@@ -365,3 +365,33 @@ def test_median_age_interpolates_inside_its_class_and_paired_change_has_its_stan
     out = paired_mae_change(new=true + np.array([0, 0, 1, 1]), old=true + np.array([1, 1, 1, -1]), true=true)
     # Face by face: -1, -1, 0, 0 -> mean -0.5, sample std 0.577, over sqrt(4).
     assert out == {"mae_change": -0.5, "std_error": round(np.std([-1, -1, 0, 0], ddof=1) / 2, 4)}
+
+
+def test_a_weight_soup_averages_weights_keeps_counters_and_refuses_other_architectures(
+    tmp_path: Path,
+) -> None:
+    from training.classifier import build_classifier, load_classifier
+    from training.config import ClassifierConfig
+    from training.soup import average_weights, save_soup
+
+    cfg = ClassifierConfig()
+    torch.manual_seed(0)
+    a, b = build_classifier(cfg), build_classifier(cfg)
+    sa, sb = a.state_dict(), b.state_dict()
+    soup = average_weights([sa, sb])
+    weight = next(k for k, v in sa.items() if v.is_floating_point() and v.dim() == 4)
+    assert torch.allclose(soup[weight], (sa[weight] + sb[weight]) / 2)
+    assert not torch.equal(soup[weight], sa[weight])
+    counter = next(k for k in sa if k.endswith("num_batches_tracked"))
+    assert soup[counter].dtype == sa[counter].dtype
+    wide = build_classifier(cfg.model_copy(update={"widths": (96, 192, 256), "stem": 48})).state_dict()
+    with pytest.raises(ValueError, match="not one architecture"):
+        average_weights([sa, wide])
+    # Saved in the members' checkpoint format, so export and reevaluate load it like any run.
+    member = tmp_path / "member.pt"
+    torch.save({"model": sa, "config": cfg.model_dump(), "epoch": 3, "val_mae": 5.0}, member)
+    a.load_state_dict(soup)
+    saved = save_soup(a, member, [member, member], tmp_path / "soup")
+    loaded = load_classifier(saved)
+    assert torch.equal(loaded.state_dict()[weight], soup[weight])
+    assert torch.load(saved, weights_only=False)["soup"] == [str(member), str(member)]

@@ -57,7 +57,7 @@ timeout $(( B + 40 )) $PY -m training.parallel --config $GEN4 --budget-s $B "${e
   --set ablation.enabled=false --set "$MIXED" > "$OUT/gen4-mixed.log" 2>&1 &
 wait
 echo "phase 2 done at $(el) s"
-tail -3 "$OUT"/gen4-*.log
+tail -n 3 "$OUT"/gen4-*.log
 tar czf "$OUT/meta.tgz" --exclude='*.pt' --exclude='*.tmp' runs/utkface-wide-gpu-s* runs/utkface-gen4-* runs/probe-wide-s0
 find runs/utkface-wide-gpu-s* runs/utkface-gen4-* -path '*/probe' -prune -o -name best.pt -print \
   | tar czf - -T - | split -b 15m - "$OUT/pt.tgz.part-"
