@@ -141,10 +141,11 @@ def main() -> None:
     data = load_data(args.cache)
     paths = [p / "best.pt" for p in args.ingredients]
     chosen, steps = greedy_soup(paths, data)
-    soup = ServedAge(soup_model(chosen, data), data, ("val", "test"))
+    soup_net = soup_model(chosen, data)
+    soup = ServedAge(soup_net, data, ("val", "test"))
     uniform = ServedAge(soup_model(paths, data), data, ("val", "test"))
     first = ServedAge(load_classifier(chosen[0]), data, ("val", "test"))
-    save_soup(soup_model(chosen, data), chosen[0], chosen, args.out)
+    save_soup(soup_net, chosen[0], chosen, args.out)
     report = {
         "cache": str(args.cache),
         "score": "flip-averaged, calibrated-temperature mean age (as served); val chooses",
