@@ -48,6 +48,7 @@ def main() -> None:
     temps = sorted({1.0, 0.85, manifest.temperature, manifest.estimate_temperature, 0.6, 0.5}, reverse=True)
     rows = []
     estimates: dict[tuple[str, float, str], NDArray[np.float64]] = {}
+    val_mae: dict[tuple[float, str], float] = {}
     for t in temps:
         row: dict = {"temperature": round(t, 4)}
         for part, raw in logits.items():
@@ -60,12 +61,13 @@ def main() -> None:
                 ("mode", ages[p.argmax(axis=-1)]),
             ):
                 estimates[part, t, name] = pred
-                row[part][name] = round(float(np.abs(pred - true).mean()), 4)
+                err = float(np.abs(pred - true).mean())
+                if part == "val":
+                    val_mae[t, name] = err
+                row[part][name] = round(err, 4)
         rows.append(row)
     served = (manifest.estimate_temperature, "mean")
-    val_true = data.val.ages.numpy()
-    candidates = [(t, name) for (part, t, name) in estimates if part == "val"]
-    best = min(candidates, key=lambda k: float(np.abs(estimates["val", *k] - val_true).mean()))
+    best = min(val_mae, key=val_mae.__getitem__)
     # The best readout on val against the served one, face by face.
     paired = {
         part: paired_mae_change(

@@ -42,10 +42,12 @@ def metrics_entry(probs: NDArray[np.floating], data: CachedData, part: str) -> d
     return {"mae": m.mae, "cs5": m.cs5, "bands": {b.name: b.mae for b in m.bands}}
 
 
-def flip_logits(model: nn.Module, data: CachedData) -> dict[str, NDArray[np.float32]]:
-    """A network's logits on val and test, flip-averaged as exported."""
+def flip_logits(
+    model: nn.Module, data: CachedData, parts: tuple[str, ...] = ("val", "test")
+) -> dict[str, NDArray[np.float32]]:
+    """A network's logits on `parts` (val and test), flip-averaged as exported."""
     net = FlipAveraged(model).eval()
-    return {part: predict_logits(net, data.part(part).crops, NORM) for part in ("val", "test")}
+    return {part: predict_logits(net, data.part(part).crops, NORM) for part in parts}
 
 
 def classifier_report(

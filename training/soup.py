@@ -25,7 +25,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.optim.swa_utils import update_bn
 
@@ -33,10 +32,9 @@ from agelens.ages import expected_age, softmax
 from training.augment import normalised_batches
 from training.classifier import AgeClassifier, load_classifier
 from training.dataset import CachedData, load_data
-from training.evaluate import fit_temperature, paired_mae_change, predict_logits
-from training.export import FlipAveraged
+from training.evaluate import fit_temperature, mae_at_temperature, paired_mae_change
 from training.pipeline import AGES, NORM
-from training.reevaluate import metrics_entry
+from training.reevaluate import flip_logits, metrics_entry
 
 log = logging.getLogger("training.soup")
 
@@ -67,21 +65,17 @@ def soup_model(paths: list[Path], data: CachedData) -> AgeClassifier:
     return model.eval()
 
 
-def mae(estimates: np.ndarray, true: np.ndarray) -> float:
-    return round(float(np.abs(estimates - true).mean()), 4)
-
-
 class ServedAge:
     """The age the export stage serves for a network (flip-averaged, mean of the distribution at
     the temperature fitted on val), per face, on val and test."""
 
     def __init__(self, model: AgeClassifier, data: CachedData, parts: tuple[str, ...] = ("val",)) -> None:
-        net = FlipAveraged(model).eval()
-        self.logits = {p: predict_logits(net, data.part(p).crops, NORM) for p in parts}
-        self.temperature = fit_temperature(self.logits["val"], data.val.ages.numpy(), AGES)
-        t = self.temperature
+        self.logits = flip_logits(model, data, parts)
+        self.temperature = t = fit_temperature(self.logits["val"], data.val.ages.numpy(), AGES)
         self.estimates = {p: expected_age(softmax(lg, t), AGES) for p, lg in self.logits.items()}
-        self.mae = {p: mae(e, data.part(p).ages.numpy()) for p, e in self.estimates.items()}
+        self.mae = {
+            p: mae_at_temperature(lg, data.part(p).ages.numpy(), AGES, t) for p, lg in self.logits.items()
+        }
 
     def report(self, data: CachedData) -> dict:
         return {
