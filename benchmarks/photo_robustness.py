@@ -10,7 +10,7 @@ each face's estimate moves between conditions (the same face should get the same
 - `photo_220`: the chip resized to 220 px on a 640x480 grey canvas, JPEG quality 90;
 - `photo_110`: the same at 110 px (a face in a group photo).
 
-    .venv/bin/python benchmarks/photo_robustness.py --faces 1000 \
+    .venv/bin/python benchmarks/photo_robustness.py --faces 4603 \
         > benchmarks/results/photo_robustness.json
 """
 
@@ -54,7 +54,9 @@ def as_photo(chip: Path, size: int) -> bytes:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--faces", type=int, default=1000)
-    ap.add_argument("--models", default="3.1.0:fp32,3.2.0:fp32,3.2.0:int8", help="version:variant,...")
+    ap.add_argument(
+        "--models", default="3.2.0:fp32,3.2.0:int8,3.3.0:fp32,3.3.0:int8", help="version:variant,..."
+    )
     args = ap.parse_args()
     faces = test_faces(args.faces)
     inputs = {

@@ -127,6 +127,10 @@ class ExportConfig(BaseModel):
     source: str = "student"
     # Markdown appended to the model card (how and where this version was trained).
     card_note: str = ""
+    # The model card's and manifest's one-line description. Empty: written from the config
+    # (training/pipeline.describe_student); set it for a network the config did not train, such
+    # as a weight soup.
+    description: str = ""
     name: str = "agelens-student"
     version: str = "2.0.0"
     model_store: Path = Path("model_store")

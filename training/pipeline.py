@@ -539,7 +539,8 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         final = cfg.export.source
         model = load_classifier(cfg.run_dir / final / "best.pt")
         note = f"\n## Training\n{cfg.export.card_note.strip()}\n" if cfg.export.card_note.strip() else ""
-        export_classifier(cfg, model, data, cfg.export.version, describe_student(cfg), extra_card=note)
+        description = cfg.export.description.strip() or describe_student(cfg)
+        export_classifier(cfg, model, data, cfg.export.version, description, extra_card=note)
     summary["seconds"] = round(time.time() - t0, 1)
     _write_json(cfg.run_dir / "summary.json", summary)
     log.info("pipeline finished in %.1f min", summary["seconds"] / 60)
