@@ -197,3 +197,15 @@ def test_command_line_overrides_set_typed_values_and_refuse_unknown_keys() -> No
     for bad in ["dk_teacher.sed=1", "nosection.seed=1", "dk_teacher.seed=many", "no-equals-sign"]:
         with pytest.raises(ValueError):
             apply_overrides(base, [bad])
+
+
+def test_an_exported_soup_is_described_by_its_config_not_by_training_settings() -> None:
+    from training.config import PipelineConfig
+    from training.pipeline import describe_student, export_description
+
+    soup = PipelineConfig.load(REPO / "training/configs/utkface_soup_3.3.0.toml")
+    assert export_description(soup).startswith("Compact student: the greedy weight soup")
+    assert "\n" not in export_description(soup)  # the TOML line continuations are joined
+    trained = PipelineConfig.load(REPO / "training/configs/utkface_gpu_patient.toml")
+    assert export_description(trained) == describe_student(trained)
+    assert "second generation" in export_description(trained)

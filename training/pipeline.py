@@ -503,6 +503,12 @@ def describe_student(cfg: PipelineConfig) -> str:
     return " ".join(parts)
 
 
+def export_description(cfg: PipelineConfig) -> str:
+    """The registered model's description: the config's own words when it names a network it did
+    not train (a weight soup), else what the config's training settings say."""
+    return cfg.export.description.strip() or describe_student(cfg)
+
+
 def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     stages = stages or default_stages(cfg)
     if cfg.threads:
@@ -539,8 +545,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         final = cfg.export.source
         model = load_classifier(cfg.run_dir / final / "best.pt")
         note = f"\n## Training\n{cfg.export.card_note.strip()}\n" if cfg.export.card_note.strip() else ""
-        description = cfg.export.description.strip() or describe_student(cfg)
-        export_classifier(cfg, model, data, cfg.export.version, description, extra_card=note)
+        export_classifier(cfg, model, data, cfg.export.version, export_description(cfg), extra_card=note)
     summary["seconds"] = round(time.time() - t0, 1)
     _write_json(cfg.run_dir / "summary.json", summary)
     log.info("pipeline finished in %.1f min", summary["seconds"] / 60)
