@@ -395,3 +395,32 @@ def test_a_weight_soup_averages_weights_keeps_counters_and_refuses_other_archite
     loaded = load_classifier(saved)
     assert torch.equal(loaded.state_dict()[weight], soup[weight])
     assert torch.load(saved, weights_only=False)["soup"] == [str(member), str(member)]
+
+
+def test_a_soup_ingredient_may_be_a_runs_last_checkpoint(tmp_path: Path) -> None:
+    """A run's last.pt (resume format: weights and optimiser, no config) is an ingredient too;
+    its network is built from the best.pt beside it, and its own weights are the ones used."""
+    from training.checkpoint import save_resume_state
+    from training.classifier import build_classifier
+    from training.config import ClassifierConfig
+    from training.soup import ingredient_checkpoint, load_ingredient, save_soup
+
+    cfg = ClassifierConfig()
+    torch.manual_seed(0)
+    best_net, last_net = build_classifier(cfg), build_classifier(cfg)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": best_net.state_dict(), "config": cfg.model_dump(), "epoch": 0}, run / "best.pt")
+    opt = torch.optim.SGD(last_net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    save_resume_state(run / "last.pt", last_net, opt, sched, torch.Generator(), epoch=17, best=5.0)
+
+    assert ingredient_checkpoint(run) == run / "best.pt"
+    assert ingredient_checkpoint(run / "last.pt") == run / "last.pt"
+    weight = next(k for k, v in last_net.state_dict().items() if v.dim() == 4)
+    loaded = load_ingredient(run / "last.pt")
+    assert torch.equal(loaded.state_dict()[weight], last_net.state_dict()[weight])
+    assert not torch.equal(loaded.state_dict()[weight], best_net.state_dict()[weight])
+    # A soup whose first member is a last.pt is still saved in the loadable best.pt format.
+    saved = save_soup(loaded, run / "last.pt", [run / "last.pt"], tmp_path / "soup")
+    assert torch.equal(load_ingredient(saved).state_dict()[weight], last_net.state_dict()[weight])

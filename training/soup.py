@@ -15,7 +15,12 @@ age: flip-averaged, at the temperature fitted on val for the 90 % interval, as t
 gives it. Val alone chooses; test is reported once, for the final soup and each ingredient.
 
     python -m training.soup --out runs/utkface-soup/student_soup \\
-        --report training/results/soup.json <ingredient run folders...>
+        --report training/results/soup.json <ingredient run folders or last.pt files...>
+
+An ingredient is a run folder (its best.pt: the epoch with the best one-pass val MAE) or a run's
+last.pt (the weights at the end of its schedule). The two differ when a fine-tune's noisy
+one-pass val happened to peak early: both are then worth offering, and the greedy rule, on the
+served age, decides.
 """
 
 from __future__ import annotations
@@ -56,8 +61,24 @@ def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     return out
 
 
+def ingredient_checkpoint(arg: Path) -> Path:
+    """A run folder means its best.pt; a .pt file (a run's last.pt) is taken as it is."""
+    return arg if arg.suffix == ".pt" else arg / "best.pt"
+
+
+def load_ingredient(path: Path) -> AgeClassifier:
+    """best.pt carries its network's config; a resume checkpoint (last.pt) does not, so its
+    network is built from the config of the best.pt beside it (the same run, same network)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "config" in state:
+        return load_classifier(path)
+    model = load_classifier(path.parent / "best.pt")
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def soup_model(paths: list[Path], data: CachedData) -> AgeClassifier:
-    model = load_classifier(paths[0])
+    model = load_ingredient(paths[0])
     states = [torch.load(p, map_location="cpu", weights_only=False)["model"] for p in paths]
     model.load_state_dict(average_weights(states))
     if len(paths) > 1:
@@ -89,7 +110,7 @@ class ServedAge:
 
 def greedy_soup(paths: list[Path], data: CachedData) -> tuple[list[Path], list[dict]]:
     """The chosen ingredients, and the val MAE of every step (kept or not)."""
-    alone = {p: ServedAge(load_classifier(p), data).mae["val"] for p in paths}
+    alone = {p: ServedAge(load_ingredient(p), data).mae["val"] for p in paths}
     ranked = sorted(paths, key=alone.__getitem__)
     chosen = [ranked[0]]
     best = alone[ranked[0]]
@@ -110,6 +131,8 @@ def greedy_soup(paths: list[Path], data: CachedData) -> tuple[list[Path], list[d
 def save_soup(model: AgeClassifier, template: Path, members: list[Path], out_dir: Path) -> Path:
     """A best.pt in the members' format (config and all), so the export stage and `reevaluate`
     read it like any run's."""
+    if "config" not in torch.load(template, map_location="cpu", weights_only=False):
+        template = template.parent / "best.pt"
     state = torch.load(template, map_location="cpu", weights_only=False)
     state = {**state, "model": model.state_dict(), "soup": [str(m) for m in members]}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +142,9 @@ def save_soup(model: AgeClassifier, template: Path, members: list[Path], out_dir
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ingredients", nargs="+", type=Path, help="run folders holding best.pt")
+    ap.add_argument(
+        "ingredients", nargs="+", type=Path, help="run folders (their best.pt) or a run's last.pt"
+    )
     ap.add_argument("--cache", type=Path, default=Path("data/cache/utkface-64"))
     ap.add_argument("--out", type=Path, required=True, help="folder for the soup's best.pt")
     ap.add_argument("--report", type=Path, required=True)
@@ -133,12 +158,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     data = load_data(args.cache)
-    paths = [p / "best.pt" for p in args.ingredients]
+    paths = [ingredient_checkpoint(p) for p in args.ingredients]
     chosen, steps = greedy_soup(paths, data)
     soup_net = soup_model(chosen, data)
     soup = ServedAge(soup_net, data, ("val", "test"))
     uniform = ServedAge(soup_model(paths, data), data, ("val", "test"))
-    first = ServedAge(load_classifier(chosen[0]), data, ("val", "test"))
+    first = ServedAge(load_ingredient(chosen[0]), data, ("val", "test"))
     save_soup(soup_net, chosen[0], chosen, args.out)
     report = {
         "cache": str(args.cache),
