@@ -424,3 +424,16 @@ def test_a_soup_ingredient_may_be_a_runs_last_checkpoint(tmp_path: Path) -> None
     # A soup whose first member is a last.pt is still saved in the loadable best.pt format.
     saved = save_soup(loaded, run / "last.pt", [run / "last.pt"], tmp_path / "soup")
     assert torch.equal(load_ingredient(saved).state_dict()[weight], last_net.state_dict()[weight])
+
+
+def test_a_train_fraction_keeps_the_age_mix_and_leaves_val_and_test_whole() -> None:
+    from training.dataset import age_stratified_subset
+
+    ages = [a for a in range(10) for _ in range(10)]  # ten faces of each age 0-9
+    idx = np.arange(1000, 1100, dtype=np.int64)[::-1].copy()  # cache order is not age order
+    half = age_stratified_subset(idx, ages, 0.5)
+    assert len(half) == 50 and len(set(half.tolist())) == 50
+    assert list(half) == sorted(half)  # back in cache order
+    kept_ages = [ages[list(idx).index(i)] for i in half]
+    assert np.bincount(kept_ages).tolist() == [5] * 10
+    assert len(age_stratified_subset(idx, ages, 0.01)) == 1

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from agelens.manifest import AlignmentSpec
@@ -37,7 +38,15 @@ class CachedData:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 
-def load_data(cache_dir: Path, limit_per_split: int = 0) -> CachedData:
+def age_stratified_subset(idx: NDArray[np.int64], ages: list[int], fraction: float) -> NDArray[np.int64]:
+    """An even stride over the part sorted by age, so the subset keeps the age mix of the whole
+    (a random draw could thin a rare age); returned in the original order."""
+    by_age = idx[np.argsort(np.asarray(ages), kind="stable")]
+    keep = np.linspace(0, len(idx) - 1, max(1, round(fraction * len(idx)))).round().astype(np.int64)
+    return np.sort(by_age[np.unique(keep)])
+
+
+def load_data(cache_dir: Path, limit_per_split: int = 0, train_fraction: float = 1.0) -> CachedData:
     crops, records, spec = load_cache(cache_dir)
     parts = {}
     for name in ("train", "val", "test"):
@@ -45,6 +54,8 @@ def load_data(cache_dir: Path, limit_per_split: int = 0) -> CachedData:
         if limit_per_split:
             # Same rule as the pipeline's prepare stage: an even stride over the part.
             idx = idx[:: max(1, len(idx) // limit_per_split)][:limit_per_split]
+        if name == "train" and train_fraction < 1.0:
+            idx = age_stratified_subset(idx, [records[i].age for i in idx], train_fraction)
         # Copy into RAM once (~200 MB for UTKFace at 64 px); the memmap then closes.
         part_crops = torch.from_numpy(np.ascontiguousarray(crops[idx]))
         ages = torch.tensor([min(records[i].age, NUM_CLASSES - 1) for i in idx], dtype=torch.int64)

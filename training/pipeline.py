@@ -520,7 +520,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         raise ValueError(refusal)
     if "prepare" in stages:
         stage_prepare(cfg)
-    data = load_data(cfg.data.cache, cfg.data.limit_per_split)
+    data = load_data(cfg.data.cache, cfg.data.limit_per_split, cfg.data.train_fraction)
     log.info("data: train %d, val %d, test %d", len(data.train), len(data.val), len(data.test))
     summary: dict = {}
     if "dk_teacher" in stages:
