@@ -426,7 +426,7 @@ def test_a_soup_ingredient_may_be_a_runs_last_checkpoint(tmp_path: Path) -> None
     assert torch.equal(load_ingredient(saved).state_dict()[weight], last_net.state_dict()[weight])
 
 
-def test_a_train_fraction_keeps_the_age_mix_and_leaves_val_and_test_whole() -> None:
+def test_a_train_fraction_keeps_the_age_mix_in_cache_order() -> None:
     from training.dataset import age_stratified_subset
 
     ages = [a for a in range(10) for _ in range(10)]  # ten faces of each age 0-9

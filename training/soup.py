@@ -66,14 +66,17 @@ def ingredient_checkpoint(arg: Path) -> Path:
     return arg if arg.suffix == ".pt" else arg / "best.pt"
 
 
+def config_checkpoint(path: Path) -> Path:
+    """The checkpoint holding `path`'s network config: best.pt carries its own; a resume
+    checkpoint (last.pt) does not, so it is the best.pt beside it (same run, same network)."""
+    has_config = "config" in torch.load(path, map_location="cpu", weights_only=False)
+    return path if has_config else path.parent / "best.pt"
+
+
 def load_ingredient(path: Path) -> AgeClassifier:
-    """best.pt carries its network's config; a resume checkpoint (last.pt) does not, so its
-    network is built from the config of the best.pt beside it (the same run, same network)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "config" in state:
-        return load_classifier(path)
-    model = load_classifier(path.parent / "best.pt")
-    model.load_state_dict(state["model"])
+    """The network of `config_checkpoint(path)` with the weights of `path`."""
+    model = load_classifier(config_checkpoint(path))
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
     return model.eval()
 
 
@@ -131,9 +134,7 @@ def greedy_soup(paths: list[Path], data: CachedData) -> tuple[list[Path], list[d
 def save_soup(model: AgeClassifier, template: Path, members: list[Path], out_dir: Path) -> Path:
     """A best.pt in the members' format (config and all), so the export stage and `reevaluate`
     read it like any run's."""
-    if "config" not in torch.load(template, map_location="cpu", weights_only=False):
-        template = template.parent / "best.pt"
-    state = torch.load(template, map_location="cpu", weights_only=False)
+    state = torch.load(config_checkpoint(template), map_location="cpu", weights_only=False)
     state = {**state, "model": model.state_dict(), "soup": [str(m) for m in members]}
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(state, out_dir / "best.pt")
