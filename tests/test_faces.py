@@ -44,6 +44,25 @@ def test_similarity_transform_has_no_reflection() -> None:
     assert np.linalg.det(est[:, :2]) > 0
 
 
+@pytest.mark.parametrize("margin", [0.2, 0.0, -0.1])
+def test_margin_scales_the_template_about_the_crop_centre(margin: float) -> None:
+    # A margin m maps the unit face box's [-m, 1 + m] onto the crop: a positive one shows more
+    # around the face, a negative one zooms in on it. Keypoints keep their place relative to the
+    # crop's centre, scaled by 1 / (1 + 2m).
+    spec = AlignmentSpec(crop_size=64, margin=margin)
+    got = np.array(spec.template_pixels())
+    unit = np.array(spec.template)
+    want = 32.0 + (unit - 0.5) * 64.0 / (1.0 + 2.0 * margin)
+    assert np.allclose(got, want)
+    eye_gap = got[1, 0] - got[0, 0]
+    assert eye_gap == pytest.approx((unit[1, 0] - unit[0, 0]) * 64.0 / (1.0 + 2.0 * margin))
+
+
+def test_margin_below_the_bound_is_refused() -> None:
+    with pytest.raises(ValueError):
+        AlignmentSpec(crop_size=64, margin=-0.3)
+
+
 def umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Reference: Umeyama's SVD solution with the reflection excluded."""
     mu_s, mu_d = src.mean(0), dst.mean(0)
