@@ -54,8 +54,6 @@ def test_margin_scales_the_template_about_the_crop_centre(margin: float) -> None
     unit = np.array(spec.template)
     want = 32.0 + (unit - 0.5) * 64.0 / (1.0 + 2.0 * margin)
     assert np.allclose(got, want)
-    eye_gap = got[1, 0] - got[0, 0]
-    assert eye_gap == pytest.approx((unit[1, 0] - unit[0, 0]) * 64.0 / (1.0 + 2.0 * margin))
 
 
 def test_margin_below_the_bound_is_refused() -> None:
