@@ -123,6 +123,9 @@ class BornAgainConfig(BaseModel):
     online: bool = False
     # One run per seed, each in `<name>_seed<seed>`; empty: one run in `<name>` with the student's seed.
     seeds: list[int] = []
+    # Where offline teachers read their crops: a cache of the same faces aligned another way (for
+    # a student on a new crop, taught by networks that learnt the old one). None: the student's.
+    teacher_cache: Path | None = None
 
 
 class ExportConfig(BaseModel):

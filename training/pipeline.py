@@ -46,6 +46,7 @@ from training.evaluate import (
 )
 from training.model_card import render_card
 from training.models import AgeClassifier, OrdinalTeacher, conv_flops, count_parameters
+from training.onnx_import import student_from_onnx
 from training.ordinal import load_ordinal_teacher, order_accuracy, train_ordinal_teacher
 from training.prepare import build_cache
 
@@ -263,12 +264,31 @@ def born_again_runs(cfg: PipelineConfig) -> list[tuple[str, int]]:
     return [(f"{ba.name}_seed{seed}", seed) for seed in ba.seeds]
 
 
+def load_member(cfg: PipelineConfig, name: str, data: CachedData) -> AgeClassifier:
+    """A born-again teacher: a run folder under the teachers' root, or a shipped ONNX file
+    (rebuilt by training/onnx_import.py; `data` gives it its BN statistics)."""
+    if name.endswith(".onnx"):
+        return student_from_onnx(Path(name), cfg.student, data.train.crops[:4096], NORM)
+    return load_classifier(cfg.teachers_root / name / "best.pt")
+
+
+def same_faces(data: CachedData, other: CachedData) -> CachedData:
+    """`other` (the same faces aligned another way), checked to hold `data`'s faces in the same
+    order: offline targets are indexed by the student's train rows."""
+    for name in ("train", "val", "test"):
+        mine, theirs = data.part(name).records, other.part(name).records
+        if [r.filename for r in mine] != [r.filename for r in theirs]:
+            raise ValueError(f"the teacher cache's {name} faces differ from the student's")
+    return other
+
+
 def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     """Second student generation, taught by earlier runs of the student (see BornAgainConfig)."""
     ba = cfg.born_again
     device = resolve_device(cfg.device)
-    members = [load_classifier(cfg.teachers_root / name / "best.pt") for name in ba.teachers]
-    test_probs = np.mean([softmax(predict_logits(m, data.test.crops, NORM)) for m in members], axis=0)
+    teacher_data = data if ba.teacher_cache is None else same_faces(data, load_data(ba.teacher_cache))
+    members = [load_member(cfg, name, teacher_data) for name in ba.teachers]
+    test_probs = np.mean([softmax(predict_logits(m, teacher_data.test.crops, NORM)) for m in members], axis=0)
     teacher_rep = compute_metrics(test_probs, data.test.ages.numpy(), AGES)
     log.info("born-again teachers %s: test MAE %.3f CS@5 %.3f", ba.teachers, teacher_rep.mae, teacher_rep.cs5)
     online: OnlineTeachers | None = None
@@ -277,7 +297,9 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
         _, ordinal = load_teachers(cfg, False, cfg.distill.beta > 0)
         online = OnlineTeachers([m.to(device, memory_format=torch.channels_last) for m in members], ordinal)
     else:
-        targets.dk_logits = ensemble_teacher_logits(members, data.train.crops, ba.flip_average_targets)
+        targets.dk_logits = ensemble_teacher_logits(
+            members, teacher_data.train.crops, ba.flip_average_targets
+        )
         if cfg.distill.beta > 0:
             targets.ordinal_embed = teacher_targets(cfg, data, False, True).ordinal_embed
     reports: dict[str, dict] = {}

@@ -1,0 +1,93 @@
+"""A shipped ONNX student rebuilt as a trainable network (training/onnx_import.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from agelens.manifest import Normalisation
+from tests.conftest import REPO
+from training.augment import normalise, to_float
+from training.config import ClassifierConfig
+from training.data import Record
+from training.dataset import CachedData, Part
+from training.onnx_import import conv_bn_pairs, student_from_onnx
+from training.pipeline import same_faces
+
+SHIPPED = REPO / "model_store/agelens-student/3.3.0/model.onnx"
+NORM = Normalisation()
+
+
+def crops(n: int, seed: int) -> torch.Tensor:
+    # Smooth random images: closer to faces' statistics than white noise, no dataset needed.
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 8, 8, generator=g)
+    img = torch.nn.functional.interpolate(low, size=64, mode="bilinear", align_corners=False)
+    return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def rebuilt() -> torch.nn.Module:
+    return student_from_onnx(SHIPPED, ClassifierConfig(), crops(256, 0), NORM)
+
+
+def test_the_rebuilt_network_gives_the_shipped_graphs_probabilities(rebuilt: torch.nn.Module) -> None:
+    x = normalise(to_float(crops(32, 1)), NORM)
+    with torch.no_grad():
+        probs = (rebuilt(x).softmax(-1) + rebuilt(x.flip(3)).softmax(-1)) / 2  # the graph's flip TTA
+    sess = ort.InferenceSession(str(SHIPPED), providers=["CPUExecutionProvider"])
+    shipped = np.exp(sess.run(None, {"input": x.numpy()})[0])
+    assert np.abs(shipped - probs.numpy()).max() < 1e-4
+    assert shipped.argmax(1).tolist() == probs.numpy().argmax(1).tolist()
+
+
+def test_batchnorm_is_unfolded_with_the_calibration_statistics(rebuilt: torch.nn.Module) -> None:
+    calib = normalise(to_float(crops(256, 0)), NORM)
+    stem_conv, stem_bn = conv_bn_pairs(rebuilt)[0]
+    with torch.no_grad():
+        out = stem_conv(calib)
+    torch.testing.assert_close(stem_bn.running_mean, out.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(stem_bn.running_var, out.var((0, 2, 3), unbiased=False), atol=1e-4, rtol=1e-3)
+    # So in train mode, on the calibration batch, the network is the shipped one: training
+    # starts where the shipped network is, not from a jolt.
+    # (Only the backbone: dropout before the head would add its own noise.)
+    rebuilt.backbone.train()
+    try:
+        with torch.no_grad():
+            train_mode = rebuilt(calib).softmax(-1)
+        rebuilt.eval()
+        with torch.no_grad():
+            eval_mode = rebuilt(calib).softmax(-1)
+    finally:
+        rebuilt.eval()
+    assert (train_mode - eval_mode).abs().max() < 1e-3
+
+
+def test_another_architecture_is_refused() -> None:
+    with pytest.raises(ValueError, match="architecture"):
+        student_from_onnx(
+            SHIPPED, ClassifierConfig(widths=(48, 96, 128, 160), blocks=(1, 1, 1, 1)), crops(8, 0), NORM
+        )
+    with pytest.raises(ValueError, match="conv of shape"):
+        student_from_onnx(SHIPPED, ClassifierConfig(widths=(64, 96, 128)), crops(8, 0), NORM)
+
+
+def test_a_teacher_cache_must_hold_the_same_faces_in_the_same_order() -> None:
+    def data(names: list[str]) -> CachedData:
+        part = Part(
+            crops(len(names), 0), torch.zeros(len(names), dtype=torch.int64), [Record(n, 30) for n in names]
+        )
+        return CachedData(part, part, part, None)  # type: ignore[arg-type]
+
+    mine = data(["a.jpg", "b.jpg"])
+    assert same_faces(mine, data(["a.jpg", "b.jpg"])) is not mine
+    with pytest.raises(ValueError, match="differ"):
+        same_faces(mine, data(["b.jpg", "a.jpg"]))
+
+
+def test_the_shipped_file_is_where_the_test_expects_it() -> None:
+    assert isinstance(SHIPPED, Path) and SHIPPED.is_file()
