@@ -12,10 +12,11 @@ import torch
 from agelens.manifest import Normalisation
 from tests.conftest import REPO
 from training.augment import normalise, to_float
+from training.classifier import load_classifier
 from training.config import ClassifierConfig
 from training.data import Record
 from training.dataset import CachedData, Part
-from training.onnx_import import conv_bn_pairs, student_from_onnx
+from training.onnx_import import conv_bn_pairs, student_from_onnx, write_checkpoint
 from training.pipeline import same_faces
 
 SHIPPED = REPO / "model_store/agelens-student/3.3.0/model.onnx"
@@ -89,5 +90,11 @@ def test_a_teacher_cache_must_hold_the_same_faces_in_the_same_order() -> None:
         same_faces(mine, data(["b.jpg", "a.jpg"]))
 
 
-def test_the_shipped_file_is_where_the_test_expects_it() -> None:
-    assert isinstance(SHIPPED, Path) and SHIPPED.is_file()
+def test_the_rebuilt_network_is_written_as_a_run_that_the_tools_load(
+    rebuilt: torch.nn.Module, tmp_path: Path
+) -> None:
+    path = write_checkpoint(rebuilt, ClassifierConfig(), SHIPPED, tmp_path / "shipped")
+    loaded = load_classifier(path)
+    x = normalise(to_float(crops(8, 3)), NORM)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), rebuilt(x))

@@ -11,10 +11,17 @@ statistics and change the function at the first step. So the BN is "unfolded" ag
 with the conv output's per-channel mean m and variance v on calibration crops, the BN gets
 running stats (m, v), scale sqrt(v + eps) and shift b + m. Eval mode is then still exact, and
 train mode, on batches like the calibration crops, starts close to the shipped network.
+
+As a command, it writes the rebuilt network as a run's best.pt, so every tool that reads runs
+(the soup, `reevaluate`, `student.init_from`, born-again teachers) takes a shipped version:
+
+    python -m training.onnx_import model_store/agelens-student/3.3.0/model.onnx \\
+        --cache data/cache/utkface-64 --out runs/shipped-3.3.0
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +34,7 @@ from torch import Tensor, nn
 from agelens.manifest import Normalisation
 from training.augment import normalised_batches
 from training.config import ClassifierConfig
+from training.dataset import load_data
 from training.models import AgeClassifier, BasicBlock
 
 
@@ -122,3 +130,32 @@ def student_from_onnx(
         bn.weight.copy_((var + bn.eps).sqrt().float())
         bn.bias.add_(mean.float())
     return model
+
+
+def write_checkpoint(model: AgeClassifier, cfg: ClassifierConfig, source: Path, out_dir: Path) -> Path:
+    """`model` as a run's best.pt, in the format train_classifier writes (its config makes it
+    loadable by load_classifier)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "best.pt"
+    torch.save({"model": model.state_dict(), "config": cfg.model_dump(), "source": str(source)}, path)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("onnx", type=Path, help="a shipped student's model.onnx")
+    ap.add_argument(
+        "--cache", type=Path, required=True, help="crop cache whose train crops give the BN statistics"
+    )
+    ap.add_argument("--out", type=Path, required=True, help="run folder to write best.pt into")
+    ap.add_argument("--calibration", type=int, default=4096, help="how many train crops")
+    args = ap.parse_args()
+    cfg = ClassifierConfig()
+    crops = load_data(args.cache).train.crops[: args.calibration]
+    model = student_from_onnx(args.onnx, cfg, crops, Normalisation())
+    write_checkpoint(model, cfg, args.onnx, args.out)
+    print(args.out / "best.pt")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,7 +38,7 @@ from training.augment import normalised_batches
 from training.classifier import AgeClassifier, load_classifier
 from training.dataset import CachedData, load_data
 from training.evaluate import fit_temperature, mae_at_temperature, paired_mae_change
-from training.pipeline import AGES, NORM
+from training.pipeline import AGES, NORM, same_faces
 from training.reevaluate import flip_logits, metrics_entry
 
 log = logging.getLogger("training.soup")
@@ -153,7 +153,12 @@ def main() -> None:
     ap.add_argument(
         "--reference",
         type=Path,
-        help="run folder of the shipped network (compared face by face)",
+        help="run folder of the network to compare with, face by face (a shipped ONNX: training.onnx_import)",
+    )
+    ap.add_argument(
+        "--reference-cache",
+        type=Path,
+        help="the reference's crops of the same faces, when it learnt another alignment (default: --cache)",
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -181,8 +186,13 @@ def main() -> None:
         "saved": str(args.out / "best.pt"),
     }
     if args.reference:
-        ref = ServedAge(load_classifier(args.reference / "best.pt"), data, ("val", "test"))
-        report["reference"] = {"path": str(args.reference / "best.pt"), **ref.report(data)}
+        ref_data = data if args.reference_cache is None else same_faces(data, load_data(args.reference_cache))
+        ref = ServedAge(load_classifier(args.reference / "best.pt"), ref_data, ("val", "test"))
+        report["reference"] = {
+            "path": str(args.reference),
+            "cache": str(args.reference_cache or args.cache),
+            **ref.report(ref_data),
+        }
         report["soup_vs_reference"] = {
             p: paired_mae_change(soup.estimates[p], ref.estimates[p], data.part(p).ages.numpy())
             for p in ("val", "test")
