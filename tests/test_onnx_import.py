@@ -98,3 +98,17 @@ def test_the_rebuilt_network_is_written_as_a_run_that_the_tools_load(
     x = normalise(to_float(crops(8, 3)), NORM)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), rebuilt(x))
+
+
+def test_a_run_can_start_from_a_shipped_onnx_file(tmp_path: Path) -> None:
+    """`student.init_from = "...model.onnx"`: the run starts from the shipped weights. With a
+    learning rate of ~0, the conv weights stay those of the graph."""
+    from training.classifier import train_classifier
+
+    part = Part(crops(32, 5), torch.randint(0, 90, (32,)), [Record(f"{i}.jpg", 30) for i in range(32)])
+    data = CachedData(part, part, part, None)  # type: ignore[arg-type]
+    cfg = ClassifierConfig(epochs=1, batch_size=16, lr=1e-12, init_from=SHIPPED)
+    kept = train_classifier(cfg, data, NORM, tmp_path / "run")
+    shipped = student_from_onnx(SHIPPED, ClassifierConfig(), crops(32, 5), NORM)
+    for name in ("backbone.stem.0.weight", "backbone.stages.2.0.conv2.weight", "head.weight"):
+        torch.testing.assert_close(kept.state_dict()[name], shipped.state_dict()[name], atol=1e-6, rtol=0)
