@@ -189,7 +189,7 @@ def main() -> None:
         ref_data = data if args.reference_cache is None else same_faces(data, load_data(args.reference_cache))
         ref = ServedAge(load_classifier(args.reference / "best.pt"), ref_data, ("val", "test"))
         report["reference"] = {
-            "path": str(args.reference),
+            "path": str(args.reference / "best.pt"),
             "cache": str(args.reference_cache or args.cache),
             **ref.report(ref_data),
         }
