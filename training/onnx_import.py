@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from agelens.manifest import Normalisation
 from training.augment import normalised_batches
 from training.config import ClassifierConfig
-from training.dataset import load_data
+from training.dataset import NUM_CLASSES, load_data
 from training.models import AgeClassifier, BasicBlock
 
 
@@ -82,7 +82,8 @@ def student_from_onnx(
 ) -> AgeClassifier:
     """The ONNX student's network as an `AgeClassifier` built from `cfg`'s architecture, with
     BN statistics taken on `calibration` (uint8 crops, (N, S, S, 3)). Returned in eval mode."""
-    model = AgeClassifier(101, cfg.widths, cfg.blocks, cfg.stem, cfg.dropout)
+    # As classifier.build_classifier builds it; that module imports this one, hence not called.
+    model = AgeClassifier(NUM_CLASSES, cfg.widths, cfg.blocks, cfg.stem, cfg.dropout)
     pairs = conv_bn_pairs(model)
     convs, (head_w, head_b) = folded_weights(path)
     if len(convs) != len(pairs) or model.head.weight.shape != head_w.shape:
@@ -110,7 +111,6 @@ def student_from_onnx(
             s[0] = s[0] + o.sum((0, 2, 3))
             s[1] = s[1] + (o * o).sum((0, 2, 3))
             s[2] = s[2] + out.shape[0] * out.shape[2] * out.shape[3]
-            sums[i] = s
 
         return record
 
