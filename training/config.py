@@ -126,6 +126,22 @@ class BornAgainConfig(BaseModel):
     # Where offline teachers read their crops: a cache of the same faces aligned another way (for
     # a student on a new crop, taught by networks that learnt the old one). None: the student's.
     teacher_cache: Path | None = None
+    # Per-teacher override of `teacher_cache`, keyed by the name in `teachers`: an ensemble whose
+    # members learnt different crops (say 3.3.0 on margin 0 and a fine-tune on margin -0.1) each
+    # answer on their own crop of the face, so the targets carry two views of it. Offline only:
+    # online teachers answer on the student's own augmented batch, which is one crop.
+    teacher_caches: dict[str, Path] = {}
+
+    @model_validator(mode="after")
+    def _caches_fit_the_teachers(self) -> BornAgainConfig:
+        unknown = sorted(set(self.teacher_caches) - set(self.teachers))
+        if unknown:
+            raise ValueError(f"teacher_caches names teachers not in teachers: {unknown}")
+        if self.online and (self.teacher_cache is not None or self.teacher_caches):
+            raise ValueError(
+                "online teachers answer on the student's own crops: teacher_cache(s) need online = false"
+            )
+        return self
 
 
 class ExportConfig(BaseModel):

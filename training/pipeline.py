@@ -237,16 +237,18 @@ def stage_student(cfg: PipelineConfig, data: CachedData, targets: TeacherTargets
 
 
 def ensemble_teacher_logits(
-    members: list[AgeClassifier], crops: torch.Tensor, flip_average: bool = False
+    members: list[tuple[AgeClassifier, torch.Tensor]], flip_average: bool = False
 ) -> torch.Tensor:
     """Offline targets (crop and mirror) of an ensemble: log of the members' mean probability.
 
-    Averaging probabilities rather than logits keeps each member's uncertainty; the log of the
-    mean is a valid set of logits for the temperature-softened KL term. With `flip_average`,
-    both views get the mean over crop and mirror (the teacher's flip-averaged answer).
+    Each member comes with the train crops it answers on: the same faces, in the student's row
+    order, aligned as that member learnt them. Averaging probabilities rather than logits keeps
+    each member's uncertainty; the log of the mean is a valid set of logits for the
+    temperature-softened KL term. With `flip_average`, both views get the mean over crop and
+    mirror (the teacher's flip-averaged answer).
     """
     probs = []
-    for m in members:
+    for m, crops in members:
         t = compute_teacher_targets(crops, NORM, m.to(memory_format=torch.channels_last), None)
         assert t.dk_logits is not None
         probs.append(t.dk_logits.softmax(-1))
@@ -282,23 +284,44 @@ def same_faces(data: CachedData, other: CachedData) -> CachedData:
     return other
 
 
+def teacher_crops(cfg: PipelineConfig, data: CachedData) -> dict[str, CachedData]:
+    """The crops each born-again teacher answers on: its entry in `teacher_caches`, else
+    `teacher_cache`, else the student's; every cache is checked to hold the student's faces in
+    the student's order, and each is loaded once however many teachers share it."""
+    ba = cfg.born_again
+    loaded: dict[Path, CachedData] = {}
+    out: dict[str, CachedData] = {}
+    for name in ba.teachers:
+        cache = ba.teacher_caches.get(name, ba.teacher_cache)
+        if cache is None:
+            out[name] = data
+            continue
+        if cache not in loaded:
+            loaded[cache] = same_faces(data, load_data(cache))
+        out[name] = loaded[cache]
+    return out
+
+
 def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     """Second student generation, taught by earlier runs of the student (see BornAgainConfig)."""
     ba = cfg.born_again
     device = resolve_device(cfg.device)
-    teacher_data = data if ba.teacher_cache is None else same_faces(data, load_data(ba.teacher_cache))
-    members = [load_member(cfg, name, teacher_data) for name in ba.teachers]
-    test_probs = np.mean([softmax(predict_logits(m, teacher_data.test.crops, NORM)) for m in members], axis=0)
+    member_data = teacher_crops(cfg, data)
+    # Each teacher with the crops it answers on.
+    members = [(load_member(cfg, name, member_data[name]), member_data[name]) for name in ba.teachers]
+    test_probs = np.mean([softmax(predict_logits(m, d.test.crops, NORM)) for m, d in members], axis=0)
     teacher_rep = compute_metrics(test_probs, data.test.ages.numpy(), AGES)
     log.info("born-again teachers %s: test MAE %.3f CS@5 %.3f", ba.teachers, teacher_rep.mae, teacher_rep.cs5)
     online: OnlineTeachers | None = None
     targets = TeacherTargets()
     if ba.online:
         _, ordinal = load_teachers(cfg, False, cfg.distill.beta > 0)
-        online = OnlineTeachers([m.to(device, memory_format=torch.channels_last) for m in members], ordinal)
+        online = OnlineTeachers(
+            [m.to(device, memory_format=torch.channels_last) for m, _ in members], ordinal
+        )
     else:
         targets.dk_logits = ensemble_teacher_logits(
-            members, teacher_data.train.crops, ba.flip_average_targets
+            [(m, d.train.crops) for m, d in members], ba.flip_average_targets
         )
         if cfg.distill.beta > 0:
             targets.ordinal_embed = teacher_targets(cfg, data, False, True).ordinal_embed

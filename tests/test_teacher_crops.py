@@ -1,0 +1,108 @@
+"""Born-again teachers that answer on their own crop of each face (`[born_again] teacher_caches`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import training.pipeline as pipeline
+from training.augment import normalise, to_float
+from training.classifier import build_classifier
+from training.config import BornAgainConfig, ClassifierConfig, PipelineConfig
+from training.data import Record
+from training.dataset import CachedData, Part
+
+
+def crops(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 8, 8, generator=g)
+    img = torch.nn.functional.interpolate(low, size=64, mode="bilinear", align_corners=False)
+    return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+
+
+def cached(seed: int, names: list[str]) -> CachedData:
+    part = Part(
+        crops(len(names), seed), torch.zeros(len(names), dtype=torch.int64), [Record(n, 30) for n in names]
+    )
+    return CachedData(part, part, part, None)  # type: ignore[arg-type]
+
+
+NAMES = ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_each_teacher_reads_its_own_cache_checked_against_the_students_faces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caches = {
+        Path("m0"): cached(1, NAMES),
+        Path("tight"): cached(2, NAMES),
+        Path("shuffled"): cached(3, NAMES[::-1]),
+    }
+    loads: list[Path] = []
+
+    def load_data(path: Path) -> CachedData:
+        loads.append(path)
+        return caches[path]
+
+    monkeypatch.setattr(pipeline, "load_data", load_data)
+    student = cached(0, NAMES)
+    cfg = PipelineConfig(
+        born_again=BornAgainConfig(
+            teachers=["x.onnx", "tight_a", "tight_b", "own"],
+            teacher_cache=None,
+            teacher_caches={"x.onnx": Path("m0"), "tight_a": Path("tight"), "tight_b": Path("tight")},
+        )
+    )
+    out = pipeline.teacher_crops(cfg, student)
+    assert out["x.onnx"] is caches[Path("m0")]
+    assert out["tight_a"] is out["tight_b"] is caches[Path("tight")]
+    assert out["own"] is student  # no cache named: the student's own crops
+    assert sorted(loads) == [Path("m0"), Path("tight")]  # a shared cache is read once
+
+    # The shared default applies to every teacher without an entry of its own.
+    cfg = PipelineConfig(
+        born_again=BornAgainConfig(
+            teachers=["p", "q"], teacher_cache=Path("m0"), teacher_caches={"q": Path("tight")}
+        )
+    )
+    out = pipeline.teacher_crops(cfg, student)
+    assert out["p"] is caches[Path("m0")] and out["q"] is caches[Path("tight")]
+
+    # Offline targets are indexed by the student's rows: a cache in another order is refused.
+    cfg = PipelineConfig(born_again=BornAgainConfig(teachers=["p"], teacher_caches={"p": Path("shuffled")}))
+    with pytest.raises(ValueError, match="differ"):
+        pipeline.teacher_crops(cfg, student)
+
+
+def test_the_ensemble_target_is_the_mean_of_each_members_answer_on_its_own_crops() -> None:
+    torch.manual_seed(0)
+    a, b = build_classifier(ClassifierConfig()).eval(), build_classifier(ClassifierConfig()).eval()
+    xa, xb = crops(4, 1), crops(4, 2)
+    got = pipeline.ensemble_teacher_logits([(a, xa), (b, xb)], flip_average=False).exp()  # (N, 2, C)
+
+    def probs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        z = normalise(to_float(x), pipeline.NORM)
+        with torch.no_grad():
+            return torch.stack([model(z).softmax(-1), model(z.flip(3)).softmax(-1)], 1)
+
+    want = (probs(a, xa) + probs(b, xb)) / 2
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # Not the same as both members answering on one set of crops: the views matter.
+    wrong = (probs(a, xa) + probs(b, xa)) / 2
+    assert (got - wrong).abs().max() > 1e-4
+
+    flipped = pipeline.ensemble_teacher_logits([(a, xa), (b, xb)], flip_average=True).exp()
+    torch.testing.assert_close(flipped[:, 0], want.mean(1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(flipped[:, 1], want.mean(1), atol=1e-5, rtol=1e-4)
+
+
+def test_a_cache_for_an_unknown_teacher_or_with_online_teaching_is_refused() -> None:
+    with pytest.raises(ValidationError, match="not in teachers"):
+        BornAgainConfig(teachers=["a"], teacher_caches={"b": Path("c")})
+    with pytest.raises(ValidationError, match="online"):
+        BornAgainConfig(teachers=["a"], online=True, teacher_caches={"a": Path("c")})
+    with pytest.raises(ValidationError, match="online"):
+        BornAgainConfig(teachers=["a"], online=True, teacher_cache=Path("c"))
