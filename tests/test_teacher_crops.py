@@ -9,8 +9,8 @@ import torch
 from pydantic import ValidationError
 
 import training.pipeline as pipeline
-from training.augment import normalise, to_float
-from training.classifier import build_classifier
+from training.augment import normalise, to_float, zoom_to_margin
+from training.classifier import OnlineTeachers, build_classifier
 from training.config import BornAgainConfig, ClassifierConfig, PipelineConfig
 from training.data import Record
 from training.dataset import CachedData, Part
@@ -106,3 +106,51 @@ def test_a_cache_for_an_unknown_teacher_or_with_online_teaching_is_refused() -> 
         BornAgainConfig(teachers=["a"], online=True, teacher_caches={"a": Path("c")})
     with pytest.raises(ValidationError, match="online"):
         BornAgainConfig(teachers=["a"], online=True, teacher_cache=Path("c"))
+
+
+def crop_of_plane(margin: float, size: int = 64) -> torch.Tensor:
+    """The crop at `margin` of a face whose image is the plane f(X, Y) = 2X + 3Y over the unit
+    face box coordinates (AlignmentSpec's geometry: pixel p of the crop sits at
+    X = p (1 + 2 margin) / size - margin), one channel."""
+    p = (torch.arange(size, dtype=torch.float32) + 0.5) * (1 + 2 * margin) / size - margin
+    return (2 * p.view(1, -1) + 3 * p.view(-1, 1)).expand(1, 1, size, size)
+
+
+def test_zooming_a_crop_gives_the_crop_at_the_other_margin() -> None:
+    wide = crop_of_plane(0.0)
+    zoomed = zoom_to_margin(wide, 0.0, -0.1)
+    # Bilinear resampling is exact on a plane, so the zoomed crop is the tight crop everywhere.
+    torch.testing.assert_close(zoomed, crop_of_plane(-0.1), atol=1e-4, rtol=0)
+    assert zoom_to_margin(wide, 0.2, 0.2) is wide
+    # Zooming out: exact wherever the wider crop stays inside the narrower one's pixels.
+    out = zoom_to_margin(crop_of_plane(-0.1), -0.1, 0.0)
+    torch.testing.assert_close(out[..., 8:-8, 8:-8], wide[..., 8:-8, 8:-8], atol=1e-4, rtol=0)
+
+
+def test_an_online_teacher_with_another_margin_answers_on_its_own_crop() -> None:
+    torch.manual_seed(0)
+    a, b = build_classifier(ClassifierConfig()).eval(), build_classifier(ClassifierConfig()).eval()
+    with torch.no_grad():
+        b.head.weight.mul_(100)  # a confident member, so its answer depends visibly on its input
+    x = normalise(to_float(crops(4, 7)), pipeline.NORM)
+    teachers = OnlineTeachers([a, b], None, [None, (0.0, -0.1)])
+    got, embed = teachers(x)
+    assert embed is None
+    with torch.no_grad():
+        want = (a(x).softmax(-1) + b(zoom_to_margin(x, 0.0, -0.1)).softmax(-1)) / 2
+        same_view = (a(x).softmax(-1) + b(x).softmax(-1)) / 2
+    assert got is not None
+    torch.testing.assert_close(got.exp(), want, atol=1e-5, rtol=1e-4)
+    assert (got.exp() - same_view).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="per member"):
+        OnlineTeachers([a, b], None, [None])
+
+
+def test_teacher_margins_are_for_online_teachers_named_in_teachers() -> None:
+    BornAgainConfig(teachers=["a", "run/b"], online=True, teacher_margins={"run/b": -0.1})
+    with pytest.raises(ValidationError, match="not in teachers"):
+        BornAgainConfig(teachers=["a"], online=True, teacher_margins={"b": -0.1})
+    with pytest.raises(ValidationError, match="online"):
+        BornAgainConfig(teachers=["a"], teacher_margins={"a": -0.1})
+    with pytest.raises(ValidationError, match="rebuild it first"):
+        BornAgainConfig(teachers=["m.onnx"], online=True, teacher_margins={"m.onnx": -0.1})

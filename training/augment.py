@@ -77,3 +77,22 @@ def augment(
     x = torch.where(to_gray, gray.expand_as(x), x)
     # The flip mask stays on the CPU: it indexes the offline teacher targets, kept in host memory.
     return x.clamp_(0.0, 1.0), flip
+
+
+def zoom_to_margin(x: Tensor, from_margin: float, to_margin: float) -> Tensor:
+    """A batch of crops aligned at `from_margin`, resampled to the crop of the same faces at
+    `to_margin` (agelens.manifest.AlignmentSpec: the margin grows or shrinks the template's unit
+    face box by that fraction on every side, about its centre, so the two crops share a centre
+    and differ by the scale (1 + 2 to) / (1 + 2 from)).
+
+    It lets a teacher that learnt another crop answer on the student's own augmented, mixed
+    batch (online teaching). Zooming in from a 64 px crop upsamples (a little blurrier than a
+    crop aligned at that margin); zooming out replicates the border, as the cache does past the
+    source image's edge.
+    """
+    s = (1.0 + 2.0 * to_margin) / (1.0 + 2.0 * from_margin)
+    if s == 1.0:
+        return x
+    theta = torch.tensor([[s, 0.0, 0.0], [0.0, s, 0.0]], dtype=x.dtype, device=x.device).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

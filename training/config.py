@@ -131,12 +131,26 @@ class BornAgainConfig(BaseModel):
     # answer on their own crop of the face, so the targets carry two views of it. Offline only:
     # online teachers answer on the student's own augmented batch, which is one crop.
     teacher_caches: dict[str, Path] = {}
+    # The online counterpart: the alignment margin a teacher learnt, keyed by its name in
+    # `teachers`, when it is not the student's (`[data] margin`). Such a teacher answers on the
+    # student's own augmented, mixed batch resampled to its crop (augment.zoom_to_margin), so
+    # consistent teaching works with an ensemble that looks at each face two ways.
+    teacher_margins: dict[str, float] = {}
 
     @model_validator(mode="after")
     def _caches_fit_the_teachers(self) -> BornAgainConfig:
-        unknown = sorted(set(self.teacher_caches) - set(self.teachers))
-        if unknown:
-            raise ValueError(f"teacher_caches names teachers not in teachers: {unknown}")
+        for field in ("teacher_caches", "teacher_margins"):
+            unknown = sorted(set(getattr(self, field)) - set(self.teachers))
+            if unknown:
+                raise ValueError(f"{field} names teachers not in teachers: {unknown}")
+        if self.teacher_margins and not self.online:
+            raise ValueError("teacher_margins is for online teachers; offline ones read teacher_caches")
+        if any(name.endswith(".onnx") for name in self.teacher_margins):
+            # Its BN statistics would be measured on the student's crop, not the one it learnt.
+            raise ValueError(
+                "an .onnx teacher with another margin: rebuild it first on its own crops "
+                "(python -m training.onnx_import … --cache <its cache>) and name the run"
+            )
         if self.online and (self.teacher_cache is not None or self.teacher_caches):
             raise ValueError(
                 "online teachers answer on the student's own crops: teacher_cache(s) need online = false"

@@ -316,8 +316,11 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     targets = TeacherTargets()
     if ba.online:
         _, ordinal = load_teachers(cfg, False, cfg.distill.beta > 0)
+        margins = [
+            (cfg.data.margin, ba.teacher_margins[n]) if n in ba.teacher_margins else None for n in ba.teachers
+        ]
         online = OnlineTeachers(
-            [m.to(device, memory_format=torch.channels_last) for m, _ in members], ordinal
+            [m.to(device, memory_format=torch.channels_last) for m, _ in members], ordinal, margins
         )
     else:
         targets.dk_logits = ensemble_teacher_logits(
