@@ -16,7 +16,7 @@ from training.classifier import load_classifier
 from training.config import ClassifierConfig
 from training.data import Record
 from training.dataset import CachedData, Part
-from training.onnx_import import conv_bn_pairs, student_from_onnx, write_checkpoint
+from training.onnx_import import calibration_sample, conv_bn_pairs, student_from_onnx, write_checkpoint
 from training.pipeline import same_faces
 
 SHIPPED = REPO / "model_store/agelens-student/3.3.0/model.onnx"
@@ -112,3 +112,38 @@ def test_a_run_can_start_from_a_shipped_onnx_file(tmp_path: Path) -> None:
     shipped = student_from_onnx(SHIPPED, ClassifierConfig(), crops(32, 5), NORM)
     for name in ("backbone.stem.0.weight", "backbone.stages.2.0.conv2.weight", "head.weight"):
         torch.testing.assert_close(kept.state_dict()[name], shipped.state_dict()[name], atol=1e-6, rtol=0)
+
+
+def test_the_calibration_sample_is_seeded_and_spread_over_the_cache() -> None:
+    # A cache in file-name order is in age order; here the order is brightness.
+    ordered = torch.arange(1000).view(1000, 1, 1, 1).expand(1000, 4, 4, 3)
+    sample = calibration_sample(ordered, 200)
+    assert len(sample) == 200 and len(set(sample[:, 0, 0, 0].tolist())) == 200
+    assert torch.equal(sample, calibration_sample(ordered, 200))
+    assert abs(float(sample.float().mean()) - 499.5) < 40  # the first 200 would average 99.5
+    assert calibration_sample(ordered[:50], 200).shape[0] == 50
+
+
+def test_the_rebuilt_network_survives_a_batchnorm_recomputation_over_all_crops() -> None:
+    """The soup recomputes BN statistics over every train crop. With the statistics of a
+    representative sample the network stays the shipped one; with those of the cache's first
+    rows (one kind of face) it would not."""
+    from torch.optim.swa_utils import update_bn
+
+    from training.augment import normalised_batches
+
+    dark = (crops(96, 11).float() * 0.3).to(torch.uint8)  # the cache's first rows: one kind
+    data = torch.cat([dark, crops(288, 12)])
+    x = normalise(to_float(crops(32, 13)), NORM)
+    sess = ort.InferenceSession(str(SHIPPED), providers=["CPUExecutionProvider"])
+    shipped = np.exp(sess.run(None, {"input": x.numpy()})[0])
+
+    def after_recomputation(calibration: torch.Tensor) -> float:
+        model = student_from_onnx(SHIPPED, ClassifierConfig(), calibration, NORM)
+        update_bn(normalised_batches(data, NORM, torch.device("cpu"), 128), model)
+        model.eval()
+        with torch.no_grad():
+            probs = (model(x).softmax(-1) + model(x.flip(3)).softmax(-1)) / 2
+        return float(np.abs(probs.numpy() - shipped).max())
+
+    assert after_recomputation(calibration_sample(data, 192)) < 0.2 * after_recomputation(data[:96])

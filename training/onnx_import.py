@@ -76,6 +76,21 @@ def folded_weights(path: Path) -> tuple[list[tuple[np.ndarray, np.ndarray]], tup
     return convs, (values[gemm.input[1]], values[gemm.input[2]])
 
 
+def calibration_sample(crops: Tensor, n: int = 4096, seed: int = 0) -> Tensor:
+    """A seeded random `n` of `crops` for the BN statistics.
+
+    Not the first `n`: a cache is in file-name order, which for UTKFace is age order by the
+    leading digits ("1_", "10_", "100_", "11_"...), so its first 4,096 train crops average 17
+    years against 33 for all. Statistics from them describe children's faces; the rebuilt network
+    is still exact in eval mode (any statistics are), but in train mode, and after a BN
+    recomputation over all crops (the soup's), it is no longer the shipped network.
+    """
+    if len(crops) <= n:
+        return crops
+    idx = torch.randperm(len(crops), generator=torch.Generator().manual_seed(seed))[:n]
+    return crops[idx.sort().values]
+
+
 @torch.no_grad()
 def student_from_onnx(
     path: Path, cfg: ClassifierConfig, calibration: Tensor, norm: Normalisation, batch: int = 512
@@ -148,10 +163,12 @@ def main() -> None:
         "--cache", type=Path, required=True, help="crop cache whose train crops give the BN statistics"
     )
     ap.add_argument("--out", type=Path, required=True, help="run folder to write best.pt into")
-    ap.add_argument("--calibration", type=int, default=4096, help="how many train crops")
+    ap.add_argument(
+        "--calibration", type=int, default=4096, help="how many train crops (a seeded random sample)"
+    )
     args = ap.parse_args()
     cfg = ClassifierConfig()
-    crops = load_data(args.cache).train.crops[: args.calibration]
+    crops = calibration_sample(load_data(args.cache).train.crops, args.calibration)
     model = student_from_onnx(args.onnx, cfg, crops, Normalisation())
     write_checkpoint(model, cfg, args.onnx, args.out)
     print(args.out / "best.pt")
