@@ -154,3 +154,13 @@ def test_teacher_margins_are_for_online_teachers_named_in_teachers() -> None:
         BornAgainConfig(teachers=["a"], teacher_margins={"a": -0.1})
     with pytest.raises(ValidationError, match="rebuild it first"):
         BornAgainConfig(teachers=["m.onnx"], online=True, teacher_margins={"m.onnx": -0.1})
+
+
+def test_a_view_ensemble_member_names_its_checkpoint_cache_and_zoom() -> None:
+    from training.view_ensemble import Member
+
+    plain = Member.parse("runs/a@data/cache/utkface-64")
+    assert plain.checkpoint == Path("runs/a/best.pt") and plain.cache == Path("data/cache/utkface-64")
+    assert plain.zoom is None
+    zoomed = Member.parse("runs/a/last.pt@data/cache/utkface-64@0:-0.1")
+    assert zoomed.checkpoint == Path("runs/a/last.pt") and zoomed.zoom == (0.0, -0.1)
