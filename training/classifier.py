@@ -33,7 +33,7 @@ from training.dataset import NUM_CLASSES, CachedData
 from training.device import module_device
 from training.evaluate import predict_logits
 from training.models import AgeClassifier, OrdinalTeacher
-from training.onnx_import import calibration_sample, student_from_onnx
+from training.onnx_import import student_from_onnx
 
 log = logging.getLogger(__name__)
 AGES = torch.arange(NUM_CLASSES, dtype=torch.float32)
@@ -205,7 +205,7 @@ def train_classifier(
     model = build_classifier(cfg)
     if cfg.init_from is not None and cfg.init_from.suffix == ".onnx":
         # A shipped network: BN statistics re-derived on the crops this run trains on.
-        model = student_from_onnx(cfg.init_from, cfg, calibration_sample(data.train.crops), norm)
+        model = student_from_onnx(cfg.init_from, cfg, data.train.crops, norm)
         log.info("%s: starting from the weights of %s", out_dir.name, cfg.init_from)
     elif cfg.init_from is not None:
         model.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=False)["model"])

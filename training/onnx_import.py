@@ -93,10 +93,16 @@ def calibration_sample(crops: Tensor, n: int = 4096, seed: int = 0) -> Tensor:
 
 @torch.no_grad()
 def student_from_onnx(
-    path: Path, cfg: ClassifierConfig, calibration: Tensor, norm: Normalisation, batch: int = 512
+    path: Path,
+    cfg: ClassifierConfig,
+    crops: Tensor,
+    norm: Normalisation,
+    calibration: int = 4096,
+    batch: int = 512,
 ) -> AgeClassifier:
     """The ONNX student's network as an `AgeClassifier` built from `cfg`'s architecture, with
-    BN statistics taken on `calibration` (uint8 crops, (N, S, S, 3)). Returned in eval mode."""
+    BN statistics taken on `calibration_sample(crops, calibration)` (uint8 crops, (N, S, S, 3):
+    pass all the train crops, in any order). Returned in eval mode."""
     # As classifier.build_classifier builds it; that module imports this one, hence not called.
     model = AgeClassifier(NUM_CLASSES, cfg.widths, cfg.blocks, cfg.stem, cfg.dropout)
     pairs = conv_bn_pairs(model)
@@ -131,7 +137,7 @@ def student_from_onnx(
 
     handles = [conv.register_forward_hook(hook(i)) for i, (conv, _) in enumerate(pairs)]
     try:
-        for x in normalised_batches(calibration, norm, torch.device("cpu"), batch):
+        for x in normalised_batches(calibration_sample(crops, calibration), norm, torch.device("cpu"), batch):
             model(x)
     finally:
         for h in handles:
@@ -168,8 +174,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     cfg = ClassifierConfig()
-    crops = calibration_sample(load_data(args.cache).train.crops, args.calibration)
-    model = student_from_onnx(args.onnx, cfg, crops, Normalisation())
+    crops = load_data(args.cache).train.crops
+    model = student_from_onnx(args.onnx, cfg, crops, Normalisation(), args.calibration)
     write_checkpoint(model, cfg, args.onnx, args.out)
     print(args.out / "best.pt")
 

@@ -46,7 +46,7 @@ from training.evaluate import (
 )
 from training.model_card import render_card
 from training.models import AgeClassifier, OrdinalTeacher, conv_flops, count_parameters
-from training.onnx_import import calibration_sample, student_from_onnx
+from training.onnx_import import student_from_onnx
 from training.ordinal import load_ordinal_teacher, order_accuracy, train_ordinal_teacher
 from training.prepare import build_cache
 
@@ -270,7 +270,7 @@ def load_member(cfg: PipelineConfig, name: str, data: CachedData) -> AgeClassifi
     """A born-again teacher: a run folder under the teachers' root, or a shipped ONNX file
     (rebuilt by training/onnx_import.py; `data` gives it its BN statistics)."""
     if name.endswith(".onnx"):
-        return student_from_onnx(Path(name), cfg.student, calibration_sample(data.train.crops), NORM)
+        return student_from_onnx(Path(name), cfg.student, data.train.crops, NORM)
     return load_classifier(cfg.teachers_root / name / "best.pt")
 
 
