@@ -14,11 +14,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = Path(os.environ.get("AGELENS_UTKFACE", REPO.parent / "shared" / "datasets" / "utkface"))
@@ -125,3 +129,14 @@ def server() -> Iterator[str]:
     """A real `agelens serve` process (shared by the e2e, browser and fuzz tests)."""
     with agelens_serve(env={"AGELENS_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)}) as url:
         yield url
+
+
+def crops(n: int, seed: int) -> torch.Tensor:
+    """`n` uint8 crops (N, 64, 64, 3) for tests of the training code."""
+    import torch  # here, not at the top: the service's tests must not need torch
+
+    # Smooth random images: closer to faces' statistics than white noise, no dataset needed.
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 8, 8, generator=g)
+    img = torch.nn.functional.interpolate(low, size=64, mode="bilinear", align_corners=False)
+    return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)

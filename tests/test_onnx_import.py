@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agelens.manifest import Normalisation
-from tests.conftest import REPO
+from tests.conftest import REPO, crops
 from training.augment import normalise, to_float
 from training.classifier import load_classifier
 from training.config import ClassifierConfig
@@ -21,14 +21,6 @@ from training.pipeline import same_faces
 
 SHIPPED = REPO / "model_store/agelens-student/3.3.0/model.onnx"
 NORM = Normalisation()
-
-
-def crops(n: int, seed: int) -> torch.Tensor:
-    # Smooth random images: closer to faces' statistics than white noise, no dataset needed.
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 8, 8, generator=g)
-    img = torch.nn.functional.interpolate(low, size=64, mode="bilinear", align_corners=False)
-    return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
 
 
 @pytest.fixture(scope="module")

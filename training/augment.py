@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from agelens.manifest import Normalisation
 
@@ -96,3 +96,17 @@ def zoom_to_margin(x: Tensor, from_margin: float, to_margin: float) -> Tensor:
     theta = torch.tensor([[s, 0.0, 0.0], [0.0, s, 0.0]], dtype=x.dtype, device=x.device).expand(len(x), 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class ZoomedView(nn.Module):
+    """A network that learnt crops at `own_margin`, fed crops aligned at `input_margin`: it sees
+    them zoomed to its own crop (`zoom_to_margin`). An online teacher wrapped this way answers on
+    the student's batch; flip averaging commutes with it (the zoom is about the centre)."""
+
+    def __init__(self, model: nn.Module, input_margin: float, own_margin: float) -> None:
+        super().__init__()
+        self.model = model
+        self.margins = (input_margin, own_margin)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(zoom_to_margin(x, *self.margins))

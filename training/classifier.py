@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from agelens.ages import expected_age, softmax
 from agelens.manifest import Normalisation
-from training.augment import augment, normalise, normalised_batches, to_float, zoom_to_margin
+from training.augment import augment, normalise, normalised_batches, to_float
 from training.checkpoint import load_resume_state, save_resume_state
 from training.config import ClassifierConfig, DistillConfig
 from training.dataset import NUM_CLASSES, CachedData
@@ -89,22 +89,14 @@ class OnlineTeachers:
     uncertainty kept, as in `ensemble_teacher_logits`).
     """
 
-    members: list[AgeClassifier]
+    # A member that learnt another crop comes wrapped in augment.ZoomedView, so it answers on the
+    # batch zoomed to its own crop: an ensemble can look at each face two ways.
+    members: list[nn.Module]
     ordinal: OrdinalTeacher | None = None
-    # Per member, the (student's, member's) alignment margins when the member learnt another
-    # crop: it answers on the batch resampled to its own crop (augment.zoom_to_margin), so an
-    # ensemble can look at each face two ways while the student sees one. None: the batch as is.
-    margins: list[tuple[float, float] | None] | None = None
 
     def __post_init__(self) -> None:
         for m in [*self.members, *([self.ordinal] if self.ordinal is not None else [])]:
             m.eval()
-        if self.margins is not None and len(self.margins) != len(self.members):
-            raise ValueError("one margin pair (or None) per member")
-
-    def view(self, i: int, x: Tensor) -> Tensor:
-        pair = self.margins[i] if self.margins is not None else None
-        return x if pair is None else zoom_to_margin(x, *pair)
 
     @property
     def embed_dim(self) -> int | None:
@@ -114,7 +106,7 @@ class OnlineTeachers:
     def __call__(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
         logits = None
         if self.members:
-            probs = torch.stack([m(self.view(i, x)).softmax(-1) for i, m in enumerate(self.members)]).mean(0)
+            probs = torch.stack([m(x).softmax(-1) for m in self.members]).mean(0)
             logits = probs.clamp_min(1e-12).log()
         embed = self.ordinal.embed_faces(x) if self.ordinal is not None else None
         return logits, embed

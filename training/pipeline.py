@@ -20,7 +20,7 @@ import torch
 
 from agelens.ages import softmax
 from agelens.manifest import AlignmentSpec, Normalisation, sha256_file
-from training.augment import normalised_batches
+from training.augment import ZoomedView, normalised_batches
 from training.classifier import (
     OnlineTeachers,
     TeacherTargets,
@@ -316,12 +316,11 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     targets = TeacherTargets()
     if ba.online:
         _, ordinal = load_teachers(cfg, False, cfg.distill.beta > 0)
-        margins = [
-            (cfg.data.margin, ba.teacher_margins[n]) if n in ba.teacher_margins else None for n in ba.teachers
+        viewed = [
+            ZoomedView(m, cfg.data.margin, ba.teacher_margins[n]) if n in ba.teacher_margins else m
+            for n, (m, _) in zip(ba.teachers, members, strict=True)
         ]
-        online = OnlineTeachers(
-            [m.to(device, memory_format=torch.channels_last) for m, _ in members], ordinal, margins
-        )
+        online = OnlineTeachers([m.to(device, memory_format=torch.channels_last) for m in viewed], ordinal)
     else:
         targets.dk_logits = ensemble_teacher_logits(
             [(m, d.train.crops) for m, d in members], ba.flip_average_targets

@@ -31,6 +31,8 @@ import logging
 from pathlib import Path
 
 import torch
+from numpy.typing import NDArray
+from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from agelens.ages import expected_age, softmax
@@ -93,8 +95,18 @@ class ServedAge:
     """The age the export stage serves for a network (flip-averaged, mean of the distribution at
     the temperature fitted on val), per face, on val and test."""
 
-    def __init__(self, model: AgeClassifier, data: CachedData, parts: tuple[str, ...] = ("val",)) -> None:
-        self.logits = flip_logits(model, data, parts)
+    def __init__(self, model: nn.Module, data: CachedData, parts: tuple[str, ...] = ("val",)) -> None:
+        self._fit(flip_logits(model, data, parts), data)
+
+    @classmethod
+    def from_logits(cls, logits: dict[str, NDArray], data: CachedData) -> ServedAge:
+        """The same, for flip-averaged logits computed elsewhere (an ensemble's, say)."""
+        served = cls.__new__(cls)
+        served._fit(logits, data)
+        return served
+
+    def _fit(self, logits: dict[str, NDArray], data: CachedData) -> None:
+        self.logits = logits
         self.temperature = t = fit_temperature(self.logits["val"], data.val.ages.numpy(), AGES)
         self.estimates = {p: expected_age(softmax(lg, t), AGES) for p, lg in self.logits.items()}
         self.mae = {

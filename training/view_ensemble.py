@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from training.augment import normalised_batches, zoom_to_margin
+from agelens.ages import softmax
+from training.augment import ZoomedView
 from training.dataset import CachedData, load_data
-from training.evaluate import fit_temperature, mae_at_temperature
-from training.pipeline import AGES, NORM, same_faces
-from training.soup import ingredient_checkpoint, load_ingredient
+from training.pipeline import same_faces
+from training.reevaluate import flip_logits
+from training.soup import ServedAge, ingredient_checkpoint, load_ingredient
 
 PARTS = ("val", "test")
 
@@ -53,27 +54,10 @@ class Member:
         return cls(spec, ingredient_checkpoint(Path(path)), Path(cache), pair)
 
 
-@torch.no_grad()
-def flip_probs(model: torch.nn.Module, crops: torch.Tensor, zoom: tuple[float, float] | None) -> NDArray:
-    out = []
-    for x in normalised_batches(crops, NORM, torch.device("cpu"), 512):
-        if zoom is not None:
-            x = zoom_to_margin(x, *zoom)
-        out.append((model(x).softmax(-1) + model(x.flip(3)).softmax(-1)) / 2)
-    return torch.cat(out).numpy()
-
-
 def served(probs: dict[str, NDArray], data: CachedData) -> dict[str, float]:
-    """Val and test MAE of the served age, the temperature fitted on val."""
-    logits = {p: np.log(np.clip(v, 1e-12, None)) for p, v in probs.items()}
-    t = fit_temperature(logits["val"], data.val.ages.numpy(), AGES)
-    return {
-        "temperature": round(t, 4),
-        **{
-            f"{p}_mae": round(mae_at_temperature(logits[p], data.part(p).ages.numpy(), AGES, t), 4)
-            for p in PARTS
-        },
-    }
+    """Val and test MAE of the served age (soup.ServedAge), the temperature fitted on val."""
+    age = ServedAge.from_logits({p: np.log(np.clip(v, 1e-12, None)) for p, v in probs.items()}, data)
+    return {"temperature": round(age.temperature, 4), **{f"{p}_mae": round(age.mae[p], 4) for p in PARTS}}
 
 
 def main() -> None:
@@ -94,7 +78,8 @@ def main() -> None:
     probs = {}
     for m in members:
         model = load_ingredient(m.checkpoint)
-        probs[m.name] = {p: flip_probs(model, caches[m.cache].part(p).crops, m.zoom) for p in PARTS}
+        net = model if m.zoom is None else ZoomedView(model, *m.zoom)
+        probs[m.name] = {p: softmax(lg) for p, lg in flip_logits(net, caches[m.cache], PARTS).items()}
     report: dict = {
         "score": "flip-averaged, calibrated-temperature mean age (as served)",
         "alone": {},
