@@ -56,6 +56,7 @@ def test_smoke_pipeline_end_to_end(tmp_path: Path) -> None:
     assert manifest.metrics is not None and manifest.metrics.n == 24
     assert (model_dir / "MODEL_CARD.md").read_text().startswith("# Model card")
     assert (model_dir / "model.int8.onnx").is_file()
+    assert "4 passes" in manifest.notes["test_time_augmentation"]  # the config's shift views
     # The age's temperature was chosen on val between the raw and the calibrated softmax, and
     # the test MAE is the one at that temperature.
     ex = manifest.metrics.extra
@@ -202,12 +203,12 @@ def test_int8_weights_use_seven_bits_and_track_the_float_model(tmp_path: Path) -
     import onnx
     from onnx import numpy_helper
 
-    from training.export import FlipAveraged, fp32_graph, quantize_int8, store_weights_fp16
+    from training.export import ViewAveraged, fp32_graph, quantize_int8, store_weights_fp16
 
     torch.manual_seed(0)
     model = AgeClassifier().eval()
     exported, fp16 = tmp_path / "tta.onnx", tmp_path / "tta16.onnx"
-    export_onnx(FlipAveraged(model), exported, 64)
+    export_onnx(ViewAveraged(model), exported, 64)
     store_weights_fp16(exported, fp16)  # the shipped storage: quantise from what ships
     rng = np.random.default_rng(0)
     calib = rng.uniform(-1, 1, (64, 3, 64, 64)).astype(np.float32)

@@ -159,7 +159,9 @@ class BornAgainConfig(BaseModel):
 
 
 class ExportConfig(BaseModel):
-    # The run folder under run_dir whose best.pt is exported ("student" = the student stage).
+    # The run folder under run_dir whose best.pt is exported ("student" = the student stage), or
+    # an .onnx student (a registered version; onnx_import rebuilds its network from [student]),
+    # to re-export a shipped network with other test-time views.
     source: str = "student"
     # Markdown appended to the model card (how and where this version was trained).
     card_note: str = ""
@@ -174,6 +176,10 @@ class ExportConfig(BaseModel):
     opset: int = 17
     # Horizontal-flip averaging inside the graph: better MAE for twice the compute.
     flip_tta: bool = True
+    # More views inside the graph: the crop moved by these (dx, dy) whole pixels (each mirrored
+    # too with flip_tta), one more pass each (export.ViewAveraged). Chosen on val by
+    # training/test_time_views.py; empty keeps the graph at the crop and its mirror.
+    tta_shifts: list[tuple[int, int]] = []
     # Store weights as float16 (cast back to float32 at load): half the file, same compute.
     fp16_weights: bool = True
 

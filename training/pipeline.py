@@ -418,13 +418,14 @@ def export_classifier(
     work = cfg.run_dir / "export" / version
     work.mkdir(parents=True, exist_ok=True)
     fp32_path, onnx_path = work / "model.fp32.onnx", work / "model.onnx"
-    from training.export import FlipAveraged, store_weights_fp16
+    from training.export import ViewAveraged, store_weights_fp16
 
     params = count_parameters(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
     flip_tta = ex.flip_tta if flip_tta is None else flip_tta
-    if flip_tta:
-        model = FlipAveraged(model).eval()
+    views = ViewAveraged(model, flip_tta, tuple(ex.tta_shifts))
+    if views.passes > 1:
+        model = views.eval()
     export_onnx(model, fp32_path, data.spec.crop_size, ex.opset)
     diff = parity(model, onnx_session(fp32_path), data.test.crops[:256], NORM)
     if diff > 1e-4:
@@ -455,9 +456,7 @@ def export_classifier(
     demo = demographic_metrics(softmax(test_logits, estimate_t), data.test.records, AGES)
     notes: dict[str, str | float | int] = {
         "description": description,
-        "test_time_augmentation": "horizontal flip, probabilities averaged in the graph"
-        if flip_tta
-        else "none",
+        "test_time_augmentation": views.describe(),
         "flops_macs": conv_flops(model, data.spec.crop_size),
         "onnx_bytes": onnx_path.stat().st_size,
         "weights_storage": "float16, cast to float32 when the session loads (fp32 compute)"
@@ -590,7 +589,10 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         summary["ablation"] = stage_ablation(cfg, data, targets)
     if "export" in stages:
         final = cfg.export.source
-        model = load_classifier(cfg.run_dir / final / "best.pt")
+        if final.endswith(".onnx"):
+            model = student_from_onnx(Path(final), cfg.student, data.train.crops, NORM)
+        else:
+            model = load_classifier(cfg.run_dir / final / "best.pt")
         note = f"\n## Training\n{cfg.export.card_note.strip()}\n" if cfg.export.card_note.strip() else ""
         export_classifier(cfg, model, data, cfg.export.version, export_description(cfg), extra_card=note)
     summary["seconds"] = round(time.time() - t0, 1)

@@ -32,7 +32,7 @@ from training.evaluate import (
     paired_mae_change,
     predict_logits,
 )
-from training.export import FlipAveraged
+from training.export import ViewAveraged
 from training.ordinal import load_ordinal_teacher
 from training.pipeline import AGES, ARMS, NORM, born_again_runs, ordinal_report
 
@@ -46,7 +46,7 @@ def flip_logits(
     model: nn.Module, data: CachedData, parts: tuple[str, ...] = ("val", "test")
 ) -> dict[str, NDArray[np.float32]]:
     """A network's logits on `parts` (val and test), flip-averaged as exported."""
-    net = FlipAveraged(model).eval()
+    net = ViewAveraged(model).eval()
     return {part: predict_logits(net, data.part(part).crops, NORM) for part in parts}
 
 
