@@ -174,7 +174,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.version,
         args.description,
         quantize=not args.no_int8,
-        flip_tta=False if args.no_tta else None,
+        test_time_views=not args.no_tta,
     )
     print(dest)
     return 0
@@ -257,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--version", required=True)
     ex.add_argument("--description", default="Compact student")
     ex.add_argument("--no-int8", action="store_true")
-    ex.add_argument("--no-tta", action="store_true", help="export without the in-graph flip averaging")
+    ex.add_argument(
+        "--no-tta", action="store_true", help="export one pass, without the in-graph views (mirror, shifts)"
+    )
     ex.set_defaults(func=cmd_export)
 
     rq = sub.add_parser(

@@ -55,6 +55,8 @@ def test_the_graph_averages_its_passes_and_exports_and_quantises(tmp_path: Path)
     model = network()
     views = ViewAveraged(model, True, ((-1, 1),)).eval()
     assert views.passes == 4
+    one_pass = ViewAveraged(model, flip=False)  # agelens export --no-tta
+    assert one_pass.passes == 1 and one_pass.describe() == "none"
     assert views.describe().startswith("the crop and the crop moved 1 px left and 1 px down, each with its")
     x = normalise(to_float(crops(5, 1)), NORM)
     with torch.no_grad():

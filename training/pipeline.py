@@ -409,7 +409,7 @@ def export_classifier(
     description: str,
     extra_card: str = "",
     quantize: bool | None = None,
-    flip_tta: bool | None = None,
+    test_time_views: bool = True,
 ) -> Path:
     """Export to ONNX, evaluate the ONNX file on test, calibrate on val, and register."""
     from training.export import export_onnx, int8_variant, onnx_logits, onnx_session, parity, register
@@ -422,8 +422,11 @@ def export_classifier(
 
     params = count_parameters(model)
     model = model.to(memory_format=torch.contiguous_format).eval()
-    flip_tta = ex.flip_tta if flip_tta is None else flip_tta
-    views = ViewAveraged(model, flip_tta, tuple(ex.tta_shifts))
+    # test_time_views=False (agelens export --no-tta): one pass, whatever the config's views.
+    if test_time_views:
+        views = ViewAveraged(model, ex.flip_tta, tuple(ex.tta_shifts))
+    else:
+        views = ViewAveraged(model, flip=False)
     if views.passes > 1:
         model = views.eval()
     export_onnx(model, fp32_path, data.spec.crop_size, ex.opset)
