@@ -33,7 +33,6 @@ from training.dataset import NUM_CLASSES, CachedData
 from training.device import module_device
 from training.evaluate import predict_logits
 from training.models import AgeClassifier, OrdinalTeacher
-from training.onnx_import import student_from_onnx
 
 log = logging.getLogger(__name__)
 AGES = torch.arange(NUM_CLASSES, dtype=torch.float32)
@@ -196,7 +195,10 @@ def train_classifier(
     device = device or torch.device("cpu")
     model = build_classifier(cfg)
     if cfg.init_from is not None and cfg.init_from.suffix == ".onnx":
-        # A shipped network: BN statistics re-derived on the crops this run trains on.
+        # A shipped network: BN statistics re-derived on the crops this run trains on. Imported
+        # here because onnx_import builds the network with this module's build_classifier.
+        from training.onnx_import import student_from_onnx
+
         model = student_from_onnx(cfg.init_from, cfg, data.train.crops, norm)
         log.info("%s: starting from the weights of %s", out_dir.name, cfg.init_from)
     elif cfg.init_from is not None:

@@ -33,8 +33,9 @@ from torch import Tensor, nn
 
 from agelens.manifest import Normalisation
 from training.augment import normalised_batches
+from training.classifier import build_classifier
 from training.config import ClassifierConfig
-from training.dataset import NUM_CLASSES, load_data
+from training.dataset import load_data
 from training.models import AgeClassifier, BasicBlock
 
 
@@ -103,8 +104,7 @@ def student_from_onnx(
     """The ONNX student's network as an `AgeClassifier` built from `cfg`'s architecture, with
     BN statistics taken on `calibration_sample(crops, calibration)` (uint8 crops, (N, S, S, 3):
     pass all the train crops, in any order). Returned in eval mode."""
-    # As classifier.build_classifier builds it; that module imports this one, hence not called.
-    model = AgeClassifier(NUM_CLASSES, cfg.widths, cfg.blocks, cfg.stem, cfg.dropout)
+    model = build_classifier(cfg)
     pairs = conv_bn_pairs(model)
     convs, (head_w, head_b) = folded_weights(path)
     if len(convs) != len(pairs) or model.head.weight.shape != head_w.shape:
