@@ -140,3 +140,20 @@ def crops(n: int, seed: int) -> torch.Tensor:
     low = torch.rand(n, 3, 8, 8, generator=g)
     img = torch.nn.functional.interpolate(low, size=64, mode="bilinear", align_corners=False)
     return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+
+
+def network_to_fold(seed: int = 0) -> torch.nn.Module:
+    """An untrained student in eval mode with non-trivial BN statistics and scales, so that
+    folding them into the convolutions (ONNX export, onnx_import) is exercised."""
+    import torch
+
+    from training.models import AgeClassifier
+
+    torch.manual_seed(seed)
+    model = AgeClassifier().eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model

@@ -10,11 +10,10 @@ import onnxruntime as ort
 import torch
 
 from agelens.manifest import ModelManifest, Normalisation
-from tests.conftest import REPO, crops
+from tests.conftest import REPO, crops, network_to_fold
 from training.augment import normalise, to_float
 from training.config import ClassifierConfig
 from training.export import ViewAveraged, export_onnx, fp32_graph, quantize_int8, shifted
-from training.models import AgeClassifier
 from training.onnx_import import folded_weights, student_from_onnx
 
 NORM = Normalisation()
@@ -27,16 +26,6 @@ def session(path: Path) -> ort.InferenceSession:
 
 def probs(sess: ort.InferenceSession, x: torch.Tensor) -> np.ndarray:
     return np.exp(sess.run(None, {"input": x.numpy()})[0])
-
-
-def network() -> AgeClassifier:
-    torch.manual_seed(0)
-    model = AgeClassifier().eval()
-    for m in model.modules():  # non-trivial BN statistics, so folding them is exercised
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return model
 
 
 def test_a_shift_moves_whole_pixels_and_replicates_the_border() -> None:
@@ -52,7 +41,7 @@ def test_a_shift_moves_whole_pixels_and_replicates_the_border() -> None:
 
 
 def test_the_graph_averages_its_passes_and_exports_and_quantises(tmp_path: Path) -> None:
-    model = network()
+    model = network_to_fold()
     views = ViewAveraged(model, True, ((-1, 1),)).eval()
     assert views.passes == 4
     one_pass = ViewAveraged(model, flip=False)  # agelens export --no-tta
@@ -80,7 +69,7 @@ def test_the_graph_averages_its_passes_and_exports_and_quantises(tmp_path: Path)
 
 def test_a_multi_view_graph_gives_back_its_network(tmp_path: Path) -> None:
     """onnx_import reads the first pass, which is the plain crop."""
-    model = network()
+    model = network_to_fold()
     path = tmp_path / "views.onnx"
     export_onnx(ViewAveraged(model, True, ((0, -1), (1, 1))), path, 64)
     rebuilt = student_from_onnx(path, ClassifierConfig(), crops(128, 0), NORM)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from agelens.manifest import ModelManifest, sha256_file
-from tests.conftest import DATASET, REPO, needs_dataset
+from tests.conftest import DATASET, REPO, needs_dataset, network_to_fold
 from training.export import export_onnx
 from training.models import AgeClassifier, OrdinalTeacher, count_parameters, permutation_classes
 from training.ordinal import perm_lookup, sample_sequences
@@ -101,14 +101,7 @@ def test_student_is_compact() -> None:
 
 
 def test_onnx_export_parity_and_dynamic_batch(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = AgeClassifier().eval()
-    # Non-trivial BN statistics, so folding them is exercised.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
+    model = network_to_fold()
     path = tmp_path / "m.onnx"
     export_onnx(model, path, 64)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -266,11 +266,17 @@ def born_again_runs(cfg: PipelineConfig) -> list[tuple[str, int]]:
     return [(f"{ba.name}_seed{seed}", seed) for seed in ba.seeds]
 
 
+def shipped_student(cfg: PipelineConfig, path: Path, data: CachedData) -> AgeClassifier:
+    """A registered ONNX student rebuilt as `[student]`'s network (training/onnx_import.py), its
+    BN statistics taken on `data`'s train crops."""
+    return student_from_onnx(path, cfg.student, data.train.crops, NORM)
+
+
 def load_member(cfg: PipelineConfig, name: str, data: CachedData) -> AgeClassifier:
     """A born-again teacher: a run folder under the teachers' root, or a shipped ONNX file
-    (rebuilt by training/onnx_import.py; `data` gives it its BN statistics)."""
+    (`shipped_student`; `data` gives it its BN statistics)."""
     if name.endswith(".onnx"):
-        return student_from_onnx(Path(name), cfg.student, data.train.crops, NORM)
+        return shipped_student(cfg, Path(name), data)
     return load_classifier(cfg.teachers_root / name / "best.pt")
 
 
@@ -593,7 +599,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     if "export" in stages:
         final = cfg.export.source
         if final.endswith(".onnx"):
-            model = student_from_onnx(Path(final), cfg.student, data.train.crops, NORM)
+            model = shipped_student(cfg, Path(final), data)
         else:
             model = load_classifier(cfg.run_dir / final / "best.pt")
         note = f"\n## Training\n{cfg.export.card_note.strip()}\n" if cfg.export.card_note.strip() else ""

@@ -100,7 +100,7 @@ class ServedAge:
 
     @classmethod
     def from_logits(cls, logits: dict[str, NDArray], data: CachedData) -> ServedAge:
-        """The same, for flip-averaged logits computed elsewhere (an ensemble's, say)."""
+        """The same, for logits averaged elsewhere (over an ensemble, or over more views of each crop)."""
         served = cls.__new__(cls)
         served._fit(logits, data)
         return served

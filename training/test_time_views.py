@@ -40,16 +40,16 @@ from agelens.ages import softmax
 from agelens.manifest import MANIFEST_FILENAME, ModelManifest, Normalisation
 from training.augment import ZoomedView
 from training.config import ClassifierConfig
-from training.dataset import NUM_CLASSES, CachedData, load_data
+from training.dataset import CachedData, load_data
 from training.evaluate import compute_metrics, paired_mae_change, predict_logits
 from training.export import ViewAveraged
 from training.onnx_import import student_from_onnx
+from training.pipeline import AGES, NORM
 from training.soup import ServedAge, ingredient_checkpoint, load_ingredient
 
 log = logging.getLogger(__name__)
 
 PARTS = ("val", "test")
-AGES = np.arange(NUM_CLASSES, dtype=np.float64)
 SHIFTS = (
     (1, 0),
     (-1, 0),
@@ -145,7 +145,7 @@ def main() -> None:
         # student_from_onnx refuses a file that does not hold it.
         model = student_from_onnx(args.model_dir / manifest.file, ClassifierConfig(), data.train.crops, norm)
     else:
-        norm = Normalisation()  # what the pipeline trains with (training.pipeline.NORM)
+        norm = NORM  # what the pipeline trains with
         model = load_ingredient(ingredient_checkpoint(args.checkpoint))
     sets = [Views(), Views(tuple(args.shifts))] if args.shifts else candidates()
     rows = []
