@@ -1,4 +1,4 @@
-"""`agelens` command line: serve, estimate, prepare, train, evaluate, export, requantize.
+"""`agelens` command line: serve, estimate, prepare, train, evaluate, export.
 
 Each subcommand imports its stack lazily, so `agelens estimate` works with only the client extra.
 """
@@ -138,22 +138,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _setup_logging()
-    from training.evaluate_onnx import evaluate_model_dir
+    from training.evaluate_onnx import evaluate_on_cache, evaluate_on_images
 
-    report = evaluate_model_dir(Path(args.model_dir), Path(args.cache), args.split, args.variant)
+    if args.data:
+        report = evaluate_on_images(
+            Path(args.model_dir), Path(args.data), Path(args.split_file), args.split, args.variant
+        )
+    else:
+        report = evaluate_on_cache(Path(args.model_dir), Path(args.cache), args.split, args.variant)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
-    return 0
-
-
-def cmd_requantize(args: argparse.Namespace) -> int:
-    _setup_logging()
-    from training.requantize import requantize
-
-    dest = requantize(Path(args.source), args.version, Path(args.cache))
-    print(dest)
     return 0
 
 
@@ -162,7 +158,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.classifier import load_classifier
     from training.config import PipelineConfig
     from training.dataset import load_data
-    from training.pipeline import export_classifier
+    from training.export import export_classifier
 
     cfg = PipelineConfig.load(Path(args.config))
     data = load_data(cfg.data.cache, cfg.data.limit_per_split)
@@ -243,9 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="evaluate a model-store entry with onnxruntime on a cached split")
+    ev = sub.add_parser(
+        "evaluate", help="evaluate a model-store entry as shipped, on a cached split or on the images"
+    )
     ev.add_argument("--model-dir", required=True)
-    ev.add_argument("--cache", default="data/cache/utkface-64")
+    src = ev.add_mutually_exclusive_group()
+    src.add_argument("--cache", default="data/cache/utkface-64", help="crop cache built by `agelens prepare`")
+    src.add_argument("--data", help="image folder: every image through the service's face path instead")
+    ev.add_argument("--split-file", default="training/splits/utkface.csv", help="split file for --data")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--variant", default="fp32", choices=["fp32", "int8"])
     ev.add_argument("--out")
@@ -262,13 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.set_defaults(func=cmd_export)
 
-    rq = sub.add_parser(
-        "requantize", help="register a new version: same float file, int8 variant quantised again"
-    )
-    rq.add_argument("--from", dest="source", required=True, help="model-store version folder to start from")
-    rq.add_argument("--version", required=True)
-    rq.add_argument("--cache", default="data/cache/utkface-64")
-    rq.set_defaults(func=cmd_requantize)
     return p
 
 

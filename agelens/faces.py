@@ -1,7 +1,8 @@
 """Face detection, alignment and normalisation: the one module that training and serving share.
 
-Training builds its crop cache with `FacePipeline.process` and the service calls the very same
-method, with parameters taken from the model's manifest, so the two cannot drift apart.
+`find_faces` turns decoded pixels into aligned faces. `agelens prepare` (the training crops),
+`agelens evaluate` and the service's estimator all call it, with the alignment and detector
+settings of the model's manifest, so training and serving cannot drift apart.
 
 Detection is MediaPipe BlazeFace: the model files bundled in the mediapipe 0.10.21 wheel (no
 download), run either by MediaPipe's own graph (`mp.solutions.face_detection`) or, by default,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import queue
 import sys
 import threading
+import time
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from agelens.blazeface import BlazeFaceModel, RawDetection
-from agelens.manifest import AlignmentSpec, Normalisation
+from agelens.manifest import AlignmentSpec, DetectorSpec, Normalisation
 
 # MediaPipe's keypoint order for face_detection.
 KEYPOINT_INDEX = {
@@ -69,31 +71,6 @@ def import_mediapipe() -> Any:
     import mediapipe
 
     return mediapipe
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    min_score: float = 0.5
-    # Faces that fill the frame (selfies, already-cropped uploads, UTKFace) are missed or badly
-    # localised by BlazeFace unless the image is padded first: we pad every side by this fraction.
-    pad_fraction: float = 0.25
-    # Detection runs on a copy whose longest side is at most this; alignment uses full resolution.
-    max_side: int = 1280
-    # "short": short-range model (128 px input) on the padded image; precise keypoints for faces
-    # that fill a good part of the frame (measured on UTKFace: eye-distance spread 0.021 vs 0.048
-    # for full-range). "full": full-range model (192 px input) on the unpadded image (and tiles of
-    # large ones); finds small faces in group photos. "auto" runs both and merges them.
-    model: str = "auto"
-    # "litert": MediaPipe's BlazeFace files run directly on LiteRT with MediaPipe's pre- and
-    # post-processing (agelens.blazeface; the same detections, faster).
-    # "mediapipe": MediaPipe's own calculator graph, the reference.
-    backend: str = "litert"
-    # Two detections whose boxes overlap more than this are the same face.
-    nms_iou: float = 0.3
-    # Ranking bonus of short-range detections over full-range ones in "auto" (see detect()).
-    short_bonus: float = 0.1
-    # Images whose long side exceeds this also get three tiled full-range passes (see _run_tiles).
-    tile_above: int = 800
 
 
 @dataclass
@@ -171,8 +148,8 @@ class FaceDetector:
     """MediaPipe BlazeFace, short- and/or full-range. Not thread-safe per model: each is guarded
     by a lock (use DetectorPool for parallel detection)."""
 
-    def __init__(self, config: DetectorConfig | None = None) -> None:
-        self.config = config or DetectorConfig()
+    def __init__(self, config: DetectorSpec | None = None) -> None:
+        self.config = config or DetectorSpec()
         if self.config.backend not in DETECTOR_BACKENDS:
             raise ValueError(f"unknown detector backend {self.config.backend!r}")
         self._models: dict[int, BlazeFaceModel | _MediaPipeGraph] = {}
@@ -271,8 +248,8 @@ class DetectorPool:
     highest throughput, since the Python around detection then runs in parallel too.
     """
 
-    def __init__(self, config: DetectorConfig | None = None, size: int = 1) -> None:
-        self.config = config or DetectorConfig()
+    def __init__(self, config: DetectorSpec | None = None, size: int = 1) -> None:
+        self.config = config or DetectorSpec()
         self._idle: queue.SimpleQueue[FaceDetector] = queue.SimpleQueue()
         self._all = [FaceDetector(self.config) for _ in range(max(1, size))]
         for d in self._all:
@@ -383,22 +360,38 @@ def normalise(crops: NDArray[np.uint8], norm: Normalisation) -> NDArray[np.float
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-class FacePipeline:
-    """Detect every face and align each to the manifest's template."""
+@dataclass
+class FoundFaces:
+    """What `find_faces` found in one image: the kept faces, aligned, in reading order."""
 
-    def __init__(self, spec: AlignmentSpec, detector: FaceDetector | DetectorPool | None = None) -> None:
-        self.spec = spec
-        self.detector = detector or FaceDetector()
+    faces: list[AlignedFace]
+    detected: int  # faces the detector found, kept or not
+    detect_ms: float
+    align_ms: float
 
-    def process(self, rgb: NDArray[np.uint8]) -> list[AlignedFace]:
-        return [AlignedFace(f, align_face(rgb, f.keypoints, self.spec)) for f in self.detector.detect(rgb)]
+    @property
+    def truncated(self) -> bool:
+        return self.detected > len(self.faces)
 
-    def largest(self, rgb: NDArray[np.uint8], faces: list[DetectedFace] | None = None) -> AlignedFace | None:
-        """The main subject (largest, most confident face), aligned. Pass `faces` when the
-        image was already run through the detector, so detection is not repeated."""
-        if faces is None:
-            faces = self.detector.detect(rgb)
-        if not faces:
-            return None
-        best = max(faces, key=lambda f: f.area * f.score)
-        return AlignedFace(best, align_face(rgb, best.keypoints, self.spec))
+
+def find_faces(
+    rgb: NDArray[np.uint8],
+    spec: AlignmentSpec,
+    detector: FaceDetector | DetectorPool,
+    max_faces: int | None = None,
+) -> FoundFaces:
+    """Detect every face in decoded RGB pixels and align each to the manifest's template.
+
+    Where more than `max_faces` are found, the largest are kept (in a photo, the subjects; in a
+    dataset chip, the labelled face), and the kept ones are returned in reading order.
+    """
+    t0 = time.perf_counter()
+    detections = detector.detect(rgb)
+    t1 = time.perf_counter()
+    kept = detections
+    if max_faces is not None and len(detections) > max_faces:
+        largest = {id(f) for f in sorted(detections, key=lambda f: -f.area)[:max_faces]}
+        kept = [f for f in detections if id(f) in largest]
+    faces = [AlignedFace(f, align_face(rgb, f.keypoints, spec)) for f in kept]
+    t2 = time.perf_counter()
+    return FoundFaces(faces, len(detections), (t1 - t0) * 1e3, (t2 - t1) * 1e3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -64,13 +65,53 @@ class AlignmentSpec(BaseModel):
         return [((x + self.margin) * scale, (y + self.margin) * scale) for x, y in self.template]
 
 
+class DetectorSpec(BaseModel):
+    """How BlazeFace finds faces (agelens.faces.FaceDetector). The manifest records the settings
+    that built the model's training crops, and the service detects with them unless told
+    otherwise, so a face is found and framed the way training saw it."""
+
+    min_score: float = Field(0.5, ge=0.0, le=1.0, description="Detection threshold")
+    # Faces that fill the frame (selfies, already-cropped uploads, UTKFace) are missed or badly
+    # localised by BlazeFace unless the image is padded first: every side gets this fraction.
+    pad_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Padding before detection")
+    # Detection runs on a copy whose longest side is at most this; alignment uses full resolution.
+    max_side: int = Field(1280, ge=64)
+    # "short": short-range model (128 px input) on the padded image; precise keypoints for faces
+    # that fill a good part of the frame (on UTKFace: eye-distance spread 0.021 against 0.048 for
+    # full-range). "full": full-range model (192 px input) on the unpadded image (and tiles of
+    # large ones); finds small faces in group photos. "auto" runs both and merges them.
+    model: Literal["auto", "short", "full"] = "auto"
+    # "litert": MediaPipe's BlazeFace files run directly on LiteRT with MediaPipe's pre- and
+    # post-processing (agelens.blazeface; the same detections, faster).
+    # "mediapipe": MediaPipe's own calculator graph, the reference.
+    backend: Literal["litert", "mediapipe"] = "litert"
+    # Two detections whose boxes overlap more than this are the same face.
+    nms_iou: float = Field(0.3, gt=0.0, le=1.0)
+    # Ranking bonus of short-range detections over full-range ones in "auto".
+    short_bonus: float = Field(0.1, ge=0.0)
+    # Images whose long side exceeds this also get three tiled full-range passes.
+    tile_above: int = Field(800, ge=64)
+
+    model_config = {"frozen": True, "protected_namespaces": ()}
+
+
+class Int8Variant(BaseModel):
+    """The statically quantised copy of the model file, and what it was measured to cost."""
+
+    file: str
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    bytes: int = Field(gt=0)
+    test_mae: float = Field(ge=0.0)
+    test_cs5: float = Field(ge=0.0, le=1.0)
+    coverage90_calibrated: float = Field(ge=0.0, le=1.0)
+
+
 class AgeBand(BaseModel):
     name: str
     mae: float
     cs5: float
     n: int
-    # Mean of (estimate - label) in years: below 0, the group is estimated too young. Absent in
-    # manifests written before it was measured.
+    # Mean of (estimate - label) in years: below 0, the group is estimated too young.
     bias: float | None = None
 
 
@@ -92,20 +133,23 @@ class ModelManifest(BaseModel):
     input_name: str = "input"
     output_name: str = "logits"
     alignment: AlignmentSpec
+    detector: DetectorSpec = Field(
+        default_factory=DetectorSpec, description="Detector settings that built the training crops"
+    )
     normalisation: Normalisation
     ages: list[int] = Field(description="Age in years of each output class, in order")
     open_ended_last_class: bool = Field(True, description="The last class means 'this age or older'")
     # Temperature applied to logits before softmax; fitted on val so that intervals are calibrated.
     temperature: float = Field(1.0, gt=0.0)
-    # Temperature of the distribution whose expectation is the age estimate. 1.0 (the default,
-    # what every model up to 3.1.0 was measured with) is the raw softmax. From 3.2.0 the export
-    # picks, on val, between 1.0 and `temperature`: with `temperature`, the age is the mean of the
-    # very distribution the service returns. The test figures in `metrics` use this temperature.
+    # Temperature of the distribution whose expectation is the age estimate: 1.0 (the raw softmax)
+    # or `temperature`, chosen on val by the export. With `temperature`, the age is the mean of
+    # the very distribution the service returns. The test figures in `metrics` use it.
     estimate_temperature: float = Field(1.0, gt=0.0)
     parameters: int | None = None
     training_data: str = ""
     split_sha256: str = ""
     metrics: Metrics | None = None
+    int8: Int8Variant | None = None
     notes: dict[str, str | float | int] = Field(default_factory=dict)
 
     @classmethod

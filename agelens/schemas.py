@@ -28,8 +28,7 @@ class Face(BaseModel):
     score: float = Field(description="Face detection confidence in [0, 1]")
     age: float = Field(
         description="Estimated age in years: the expected value of the model's age distribution at "
-        "the temperature its manifest names (`estimate_temperature`). From model 3.2.0 that is the "
-        "calibrated distribution returned in `distribution`; before, the uncalibrated softmax"
+        "the temperature its manifest names (`estimate_temperature`)"
     )
     age_std: float = Field(description="Standard deviation of the age distribution, years")
     age_interval: AgeInterval

@@ -25,18 +25,17 @@ _DETECTOR = None
 
 def _init() -> None:
     global _DETECTOR
-    from agelens.faces import DetectorConfig, FaceDetector
+    from agelens.faces import FaceDetector
+    from agelens.manifest import MANIFEST_FILENAME, ModelManifest
+    from agelens.model_store import resolve_model_dir
     from service.settings import Settings
 
+    # The served model's detector, with the service's overrides: what a request would get.
     s = Settings()
-    _DETECTOR = FaceDetector(
-        DetectorConfig(
-            min_score=s.detector_min_score,
-            pad_fraction=s.detector_pad_fraction,
-            model=s.detector_model,
-            backend=s.detector_backend,
-        )
+    manifest = ModelManifest.load(
+        resolve_model_dir(s.model_store, s.model_name, s.model_version) / MANIFEST_FILENAME
     )
+    _DETECTOR = FaceDetector(manifest.detector.model_copy(update=s.detector_overrides()))
 
 
 def _count(paths: list[str]) -> list[tuple[str, int]]:

@@ -61,8 +61,8 @@ def measure(settings: Settings, n: int) -> dict:
     est.close()
     return {
         "model": f"{r.model.name} {r.model.version}",
-        "detector_backend": settings.detector_backend,
-        "detector": settings.detector_model,
+        "detector_backend": est.detector_spec.backend,
+        "detector": est.detector_spec.model,
         "model_variant": est.model.variant,
         "ort_threads": settings.ort_threads,
         "age": r.faces[0].age,

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from agelens.manifest import ModelManifest  # noqa: E402
-from service.model import available_versions  # noqa: E402
+from agelens.model_store import available_versions  # noqa: E402
 
 
 def bench(path: Path, batch: int, threads: int, size: int, repeats: int = 300) -> dict[str, float]:
@@ -62,8 +62,8 @@ def main() -> None:
         d = store / name / version
         m = ModelManifest.load(d / "manifest.json")
         files = [("fp32", d / m.file)]
-        if m.notes.get("int8_file"):
-            files.append(("int8", d / str(m.notes["int8_file"])))
+        if m.int8 is not None:
+            files.append(("int8", d / m.int8.file))
         for variant, path in files:
             rows = [bench(path, b, 1, m.alignment.crop_size) for b in (1, 8)]
             out["models"].append(

@@ -16,13 +16,15 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from agelens import __version__
+from agelens.age_model import AgeModel
+from agelens.model_store import resolve_model_dir
 from service.errors import install_error_handlers
 from service.estimator import Estimator
 from service.logging_config import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
-from service.model import AgeModel, resolve_model_dir
 from service.routers import estimate, health
+from service.routers.docs import install_docs
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("agelens.service")
@@ -65,6 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Facial age estimation: every face's box, age, uncertainty and age distribution.",
         lifespan=lifespan,
+        # Served from this process by install_docs: the defaults load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -77,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(estimate.router)
+    install_docs(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

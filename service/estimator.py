@@ -1,5 +1,6 @@
-"""Image bytes -> faces with ages. Decoding, detection and alignment come from agelens (shared
-with training); inference runs every face of a request (or of a whole batch) in one call."""
+"""Image bytes -> faces with ages. Decoding and the face path (detection, alignment) come from
+agelens, shared with training; inference runs every face of a request (or of a whole batch) in
+one call."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from agelens.faces import AlignedFace, DetectorConfig, DetectorPool, FacePipeline, align_face
+from agelens.age_model import AgeModel
+from agelens.faces import DetectorPool, FoundFaces, find_faces
 from agelens.imaging import decode_image
 from agelens.schemas import AgeDistribution, AgeInterval, Box, EstimateResponse, Face, ModelInfo, Timings
-from service.model import AgeModel
 from service.settings import Settings
 
 
@@ -20,28 +21,20 @@ from service.settings import Settings
 class _Prepared:
     width: int
     height: int
-    faces: list[AlignedFace]
-    detected: int
+    found: FoundFaces
     decode_ms: float
-    detect_ms: float
-    align_ms: float
 
 
 class Estimator:
     def __init__(self, model: AgeModel, settings: Settings) -> None:
         self.model = model
         self.settings = settings
-        self.detector = DetectorPool(
-            DetectorConfig(
-                min_score=settings.detector_min_score,
-                pad_fraction=settings.detector_pad_fraction,
-                model=settings.detector_model,
-                backend=settings.detector_backend,
-            ),
-            size=settings.detector_instances,
-        )
-        self.pipeline = FacePipeline(model.manifest.alignment, self.detector)
-        self.info = ModelInfo(name=model.manifest.name, version=model.manifest.version, variant=model.variant)
+        manifest = model.manifest
+        # The detector that built the training crops, unless a setting overrides a part of it.
+        self.detector_spec = manifest.detector.model_copy(update=settings.detector_overrides())
+        self.detector = DetectorPool(self.detector_spec, size=settings.detector_instances)
+        self.spec = manifest.alignment
+        self.info = ModelInfo(name=manifest.name, version=manifest.version, variant=model.variant)
 
     def warm_up(self) -> None:
         # Runs every BlazeFace model once so no user request pays for its start.
@@ -53,22 +46,14 @@ class Estimator:
     def _prepare(self, data: bytes) -> _Prepared:
         t0 = time.perf_counter()
         rgb = decode_image(data, max_pixels=self.settings.max_pixels)
-        t1 = time.perf_counter()
-        detections = self.detector.detect(rgb)
-        t2 = time.perf_counter()
-        detected = len(detections)
-        if detected > self.settings.max_faces:
-            # Keep the largest faces (usually the subjects), in reading order.
-            keep = {id(f) for f in sorted(detections, key=lambda f: -f.area)[: self.settings.max_faces]}
-            detections = [f for f in detections if id(f) in keep]
-        faces = [AlignedFace(f, align_face(rgb, f.keypoints, self.pipeline.spec)) for f in detections]
-        t3 = time.perf_counter()
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        found = find_faces(rgb, self.spec, self.detector, self.settings.max_faces)
         h, w = rgb.shape[:2]
-        return _Prepared(w, h, faces, detected, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        return _Prepared(w, h, found, decode_ms)
 
     def _crops(self, prepared: list[_Prepared]) -> NDArray[np.uint8]:
-        s = self.pipeline.spec.crop_size
-        crops = [f.crop for p in prepared for f in p.faces]
+        s = self.spec.crop_size
+        crops = [f.crop for p in prepared for f in p.found.faces]
         return np.stack(crops) if crops else np.zeros((0, s, s, 3), dtype=np.uint8)
 
     def _responses(
@@ -84,7 +69,7 @@ class Estimator:
         i = 0
         for p in prepared:
             faces: list[Face] = []
-            for af in p.faces:
+            for af in p.found.faces:
                 assert preds is not None
                 x, y, w, h = af.face.box
                 faces.append(
@@ -104,19 +89,19 @@ class Estimator:
                     )
                 )
                 i += 1
-            share = infer_ms * len(p.faces) / max(1, len(crops))
+            share = infer_ms * len(p.found.faces) / max(1, len(crops))
             out.append(
                 EstimateResponse(
                     model=self.info,
                     image_width=p.width,
                     image_height=p.height,
                     faces=faces,
-                    faces_detected=p.detected,
-                    truncated=p.detected > len(p.faces),
+                    faces_detected=p.found.detected,
+                    truncated=p.found.truncated,
                     timings=Timings(
                         decode_ms=round(p.decode_ms, 2),
-                        detect_ms=round(p.detect_ms, 2),
-                        align_ms=round(p.align_ms, 2),
+                        detect_ms=round(p.found.detect_ms, 2),
+                        align_ms=round(p.found.align_ms, 2),
                         infer_ms=round(share, 2),
                         total_ms=round((time.perf_counter() - started) * 1e3, 2),
                     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,10 +18,9 @@ class Settings(BaseSettings):
     model_store: Path = Field(REPO_ROOT / "model_store", description="Folder of <name>/<version>/ models")
     model_name: str = Field("agelens-student", description="Model to serve")
     model_version: str = Field("latest", description="Version to serve; 'latest' = highest version")
-    model_variant: str = Field(
+    model_variant: Literal["auto", "fp32", "int8"] = Field(
         "auto",
-        pattern="^(auto|fp32|int8)$",
-        description="Which ONNX file of the version; auto = int8 where it is within 0.05 test MAE of fp32",
+        description="Which ONNX file of the version; auto = int8 where within 0.05 test MAE of fp32",
     )
     ort_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime default)")
     opencv_threads: int = Field(
@@ -30,14 +30,21 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted width*height")
     max_faces: int = Field(20, ge=1, description="Faces kept per image (largest first)")
     max_batch_images: int = Field(16, ge=1, description="Images per /estimate/batch request")
-    detector_model: str = Field("auto", pattern="^(auto|short|full)$", description="BlazeFace model(s)")
-    detector_backend: str = Field(
-        "litert",
-        pattern="^(litert|mediapipe)$",
-        description="Run BlazeFace on LiteRT (fast) or through MediaPipe's graph (reference)",
+    # The detector settings default to the manifest's: the ones that built the model's training
+    # crops. Each one set here overrides it.
+    detector_model: Literal["auto", "short", "full"] | None = Field(
+        None, description="BlazeFace model(s): auto, short or full; unset = the manifest's"
     )
-    detector_min_score: float = Field(0.5, ge=0.0, le=1.0, description="Detection threshold")
-    detector_pad_fraction: float = Field(0.25, ge=0.0, le=1.0, description="Padding before detection")
+    detector_backend: Literal["litert", "mediapipe"] | None = Field(
+        None,
+        description="BlazeFace on LiteRT or MediaPipe's graph (reference); unset = the manifest's",
+    )
+    detector_min_score: float | None = Field(
+        None, ge=0.0, le=1.0, description="Detection threshold; unset = the manifest's"
+    )
+    detector_pad_fraction: float | None = Field(
+        None, ge=0.0, le=1.0, description="Padding before detection; unset = the manifest's"
+    )
     detector_instances: int = Field(
         1, ge=1, le=64, description="Face detectors per worker, so its requests detect in parallel"
     )
@@ -48,6 +55,16 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins")
     api_key: str | None = Field(None, description="When set, requests need header X-API-Key")
     log_level: str = Field("info")
+
+    def detector_overrides(self) -> dict[str, object]:
+        """The detector settings given here, by their manifest (DetectorSpec) names."""
+        given = {
+            "model": self.detector_model,
+            "backend": self.detector_backend,
+            "min_score": self.detector_min_score,
+            "pad_fraction": self.detector_pad_fraction,
+        }
+        return {k: v for k, v in given.items() if v is not None}
 
 
 @lru_cache

@@ -157,3 +157,71 @@ def network_to_fold(seed: int = 0) -> torch.nn.Module:
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
     return model
+
+
+def export_student(path: Path, seed: int = 0, flip: bool = True) -> Path:
+    """`network_to_fold(seed)` exported as the pipeline exports a student: ONNX, fp16-stored
+    weights, the mirror averaged in the graph."""
+    from training.export import ViewAveraged, export_onnx, store_weights_fp16
+
+    fp32 = path.with_suffix(".fp32.onnx")
+    export_onnx(ViewAveraged(network_to_fold(seed), flip).eval(), fp32, 64)
+    store_weights_fp16(fp32, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def student_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_student(tmp_path_factory.mktemp("student") / "model.onnx")
+
+
+def register_test_model(store: Path, version: str, seed: int, int8_mae_loss: float) -> Path:
+    """A model-store entry built here, as the export stage builds one: an exported network, its
+    int8 copy quantised on smooth random crops, a manifest and a card. Its metrics are made up:
+    `int8_mae_loss` sets how much worse the int8 file is said to be."""
+    from agelens.manifest import AlignmentSpec, Int8Variant, Metrics, Normalisation, sha256_file
+    from training.augment import normalise, to_float
+    from training.export import quantize_int8, register
+
+    work = store.parent / f"work-{version}"
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_student(work / "model.onnx", seed)
+    int8_path = work / "model.int8.onnx"
+    quantize_int8(
+        work / "model.fp32.onnx", int8_path, normalise(to_float(crops(64, seed)), Normalisation()).numpy()
+    )
+
+    int8 = Int8Variant(
+        file=int8_path.name,
+        sha256=sha256_file(int8_path),
+        bytes=int8_path.stat().st_size,
+        test_mae=6.0 + int8_mae_loss,
+        test_cs5=0.5,
+        coverage90_calibrated=0.9,
+    )
+    return register(
+        onnx_path,
+        store,
+        "agelens-student",
+        version,
+        AlignmentSpec(),
+        Normalisation(),
+        Metrics(n=100, mae=6.0, cs5=0.5),
+        temperature=0.8,
+        parameters=451_045,
+        split_sha256="",
+        training_data="none: a test model",
+        notes={},
+        card="# test model\nnon-commercial\n",
+        int8=(int8_path, int8),
+    )
+
+
+@pytest.fixture(scope="session")
+def test_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store of two versions built here: 1.0.0, whose int8 file is as accurate as its
+    float file, and 1.1.0, whose int8 file is not."""
+    store = tmp_path_factory.mktemp("store") / "model_store"
+    register_test_model(store, "1.0.0", seed=1, int8_mae_loss=0.01)
+    register_test_model(store, "1.1.0", seed=2, int8_mae_loss=0.5)
+    return store

@@ -316,3 +316,23 @@ def test_opencv_runs_one_thread_per_worker(app_client) -> None:  # type: ignore[
 
     assert app_client.app.state.settings.opencv_threads == 1
     assert cv2.getNumThreads() == 1
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_interactive_docs_load_every_asset_from_this_server(app_client, page: str) -> None:  # type: ignore[no-untyped-def]
+    """Offline machines cannot reach a CDN: every script, style sheet, icon and font of the docs
+    pages must come from the service itself, and be there."""
+    import re
+
+    resp = app_client.get(page)
+    assert resp.status_code == 200 and "text/html" in resp.headers["content-type"]
+    html = resp.text
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.IGNORECASE), "an outside host"
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
+    assets += re.findall(r"""url\s*:\s*['"]([^'"]+\.(?:css|js|png))['"]""", html)
+    assert any(a.endswith(".js") for a in assets), html
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        got = app_client.get(asset)
+        assert got.status_code == 200 and len(got.content) > 1000, asset
+    assert app_client.get("/openapi.json").json()["info"]["title"] == "agelens"

@@ -8,14 +8,14 @@ import pytest
 
 from agelens.blazeface import FULL_RANGE, SHORT_RANGE, ssd_anchors, weighted_nms
 from agelens.faces import (
-    DetectorConfig,
+    AlignedFace,
     DetectorPool,
     FaceDetector,
-    FacePipeline,
     align_face,
+    find_faces,
     similarity_transform,
 )
-from agelens.manifest import AlignmentSpec
+from agelens.manifest import AlignmentSpec, DetectorSpec
 from tests.conftest import face_rgb, faces_in_test_split, needs_dataset
 
 SPEC = AlignmentSpec(crop_size=64)
@@ -110,17 +110,22 @@ def test_rotated_or_scaled_copy_gives_the_same_crop(angle: float, scale: float) 
     assert np.abs(ref - shifted).mean() > 12.0
 
 
+def largest(rgb: np.ndarray, detector: FaceDetector) -> AlignedFace | None:
+    found = find_faces(rgb, SPEC, detector, max_faces=1)
+    return found.faces[0] if found.faces else None
+
+
 @needs_dataset
 def test_real_face_rotated_and_scaled_in_a_photo_gives_the_same_crop() -> None:
-    pipe = FacePipeline(SPEC)
+    detector = FaceDetector()
     for path, _age in faces_in_test_split(25, 40, 3):
         img = face_rgb(path)
-        ref = pipe.largest(img)
+        ref = largest(img, detector)
         assert ref is not None
         m = similarity(12.0, 2.2, 0, 0)
         m[:, 2] = np.array([450.0, 350.0]) - apply(m, np.array([[100.0, 100.0]]))[0]
         photo = cv2.warpAffine(img, m, (900, 700), flags=cv2.INTER_CUBIC, borderValue=(200, 210, 220))
-        got = pipe.largest(photo)
+        got = largest(photo, detector)
         assert got is not None
         # The box sits where we put the face.
         cx, cy = got.face.box[0] + got.face.box[2] / 2, got.face.box[1] + got.face.box[3] / 2
@@ -134,9 +139,9 @@ def test_real_face_rotated_and_scaled_in_a_photo_gives_the_same_crop() -> None:
 
 @needs_dataset
 def test_tight_utkface_crops_are_detected() -> None:
-    pipe = FacePipeline(SPEC)
+    detector = FaceDetector()
     faces = faces_in_test_split(0, 100, 40)
-    found = sum(pipe.largest(face_rgb(p)) is not None for p, _ in faces)
+    found = sum(largest(face_rgb(p), detector) is not None for p, _ in faces)
     assert found == len(faces)
 
 
@@ -154,8 +159,8 @@ import sys
 sys.modules["matplotlib"] = None  # what an environment without matplotlib looks like
 import numpy as np
 from PIL import Image
-from agelens.faces import DetectorConfig, FaceDetector
-d = FaceDetector(DetectorConfig(backend={backend!r}))
+from agelens.faces import DetectorSpec, FaceDetector
+d = FaceDetector(DetectorSpec(backend={backend!r}))
 assert d.detect(np.full((200, 200, 3), 128, np.uint8)) == []
 if {face!r}:
     assert len(d.detect(np.asarray(Image.open({face!r}).convert("RGB")))) == 1
@@ -279,7 +284,36 @@ def test_litert_border_from_the_warp_equals_a_padded_copy(selection: int) -> Non
 @needs_dataset
 def test_min_score_drops_weaker_faces() -> None:
     rgb = face_rgb(faces_in_test_split(30, 40, 1)[0][0])
-    found = FaceDetector(DetectorConfig(model="short")).detect(rgb)
+    found = FaceDetector(DetectorSpec(model="short")).detect(rgb)
     assert len(found) == 1
-    stricter = FaceDetector(DetectorConfig(model="short", min_score=min(0.999, found[0].score + 0.01)))
+    stricter = FaceDetector(DetectorSpec(model="short", min_score=min(0.999, found[0].score + 0.01)))
     assert stricter.detect(rgb) == []
+
+
+def test_find_faces_keeps_the_largest_in_reading_order() -> None:
+    """The one rule for which faces are kept: the largest, returned in reading order."""
+    from agelens.faces import DetectedFace
+
+    class Fixed:
+        def __init__(self, faces: list[DetectedFace]) -> None:
+            self.faces = faces
+
+        def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+            return self.faces
+
+    kps = np.tile(np.array([[30.0, 30.0]], dtype=np.float32), (6, 1))
+    kps[1, 0], kps[3, 1] = 50.0, 55.0  # eyes apart, mouth below: a usable similarity
+    faces = [
+        DetectedFace((0, 0, 10, 10), 0.9, kps),  # small, first in reading order
+        DetectedFace((100, 0, 40, 40), 0.6, kps),  # largest
+        DetectedFace((200, 0, 20, 20), 0.99, kps),  # middle size, most confident
+    ]
+    rgb = np.zeros((300, 300, 3), dtype=np.uint8)
+    found = find_faces(rgb, SPEC, Fixed(faces), max_faces=2)  # type: ignore[arg-type]
+    assert [f.face.box for f in found.faces] == [faces[1].box, faces[2].box]
+    assert found.detected == 3 and found.truncated
+    assert all(f.crop.shape == (64, 64, 3) for f in found.faces)
+    one = find_faces(rgb, SPEC, Fixed(faces), max_faces=1)  # type: ignore[arg-type]
+    assert [f.face.box for f in one.faces] == [faces[1].box]
+    every = find_faces(rgb, SPEC, Fixed(faces))  # type: ignore[arg-type]
+    assert len(every.faces) == 3 and not every.truncated

@@ -149,7 +149,7 @@ def test_teacher_margins_are_for_online_teachers_named_in_teachers() -> None:
 
 
 def test_a_view_ensemble_member_names_its_checkpoint_cache_and_zoom() -> None:
-    from training.view_ensemble import Member
+    from research.two_view_teacher.view_ensemble import Member
 
     plain = Member.parse("runs/a@data/cache/utkface-64")
     assert plain.checkpoint == Path("runs/a/best.pt") and plain.cache == Path("data/cache/utkface-64")

@@ -66,9 +66,17 @@ def test_a_failed_job_stops_the_others_at_once(tmp_path: Path) -> None:
 
 
 def reevaluated(config: Path, out: Path) -> dict:
-    """`training.reevaluate` run as a user runs it; its report."""
+    """`research.earlier_runs.reevaluate` run as a user runs it; its report."""
     subprocess.run(
-        [sys.executable, "-m", "training.reevaluate", "--config", str(config), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "research.earlier_runs.reevaluate",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+        ],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -179,7 +187,7 @@ def test_a_second_generation_reuses_a_runs_teachers(tmp_path: Path) -> None:
 def test_command_line_overrides_set_typed_values_and_refuse_unknown_keys() -> None:
     from training.config import PipelineConfig, apply_overrides
 
-    base = PipelineConfig.load(REPO / "training/configs/utkface_wide_teacher.toml")
+    base = PipelineConfig.load(REPO / "research/wide_teachers/configs/utkface_wide_teacher.toml")
     cfg = apply_overrides(
         base,
         [
@@ -203,9 +211,9 @@ def test_an_exported_soup_is_described_by_its_config_not_by_training_settings() 
     from training.config import PipelineConfig
     from training.pipeline import describe_student, export_description
 
-    soup = PipelineConfig.load(REPO / "training/configs/utkface_soup_3.3.0.toml")
+    soup = PipelineConfig.load(REPO / "research/weight_soup/configs/utkface_soup_3.3.0.toml")
     assert export_description(soup).startswith("Compact student: the greedy weight soup")
     assert "\n" not in export_description(soup)  # the TOML line continuations are joined
-    trained = PipelineConfig.load(REPO / "training/configs/utkface_gpu_patient.toml")
+    trained = PipelineConfig.load(REPO / "research/earlier_runs/configs/utkface_gpu_patient.toml")
     assert export_description(trained) == describe_student(trained)
     assert "second generation" in export_description(trained)

@@ -16,6 +16,7 @@ import torch
 
 from agelens.manifest import ModelManifest, sha256_file
 from tests.conftest import DATASET, REPO, needs_dataset, network_to_fold
+from training.config import PipelineConfig
 from training.export import export_onnx
 from training.models import AgeClassifier, OrdinalTeacher, count_parameters, permutation_classes
 from training.ordinal import perm_lookup, sample_sequences
@@ -55,7 +56,10 @@ def test_smoke_pipeline_end_to_end(tmp_path: Path) -> None:
     assert manifest.sha256 == sha256_file(model_dir / "model.onnx")
     assert manifest.metrics is not None and manifest.metrics.n == 24
     assert (model_dir / "MODEL_CARD.md").read_text().startswith("# Model card")
-    assert (model_dir / "model.int8.onnx").is_file()
+    assert manifest.int8 is not None
+    assert manifest.int8.sha256 == sha256_file(model_dir / manifest.int8.file)
+    # The detector that built the training crops is recorded for the service to use.
+    assert manifest.detector == PipelineConfig.load(cfg).data.detector
     assert "4 passes" in manifest.notes["test_time_augmentation"]  # the config's shift views
     # The age's temperature was chosen on val between the raw and the calibrated softmax, and
     # the test MAE is the one at that temperature.
@@ -263,11 +267,11 @@ def test_online_teachers_with_mixup_train_and_match_their_members(tmp_path: Path
 
 def test_band_metrics_give_the_signed_error_and_the_prior_correction_removes_a_pull() -> None:
     """Per-band bias is estimate minus label; dividing out a training prior that crowds the middle
-    moves the old band's estimates up (training/prior_shift.py)."""
+    moves the old band's estimates up (research/prior_shift/prior_shift.py)."""
     from agelens.ages import softmax
+    from research.prior_shift.prior_shift import training_prior
     from training.evaluate import compute_metrics
     from training.pipeline import AGES
-    from training.prior_shift import training_prior
 
     true = np.array([5.0, 8.0, 70.0, 80.0])
     probs = np.zeros((4, 101))
@@ -346,8 +350,8 @@ def test_the_age_estimate_temperature_is_chosen_on_val() -> None:
 
 
 def test_median_age_interpolates_inside_its_class_and_paired_change_has_its_standard_error() -> None:
+    from research.median_readout.readout import median_age
     from training.evaluate import paired_mae_change
-    from training.readout import median_age
 
     ages = np.arange(101, dtype=np.float64)
     p = np.zeros((3, 101))
@@ -364,9 +368,9 @@ def test_median_age_interpolates_inside_its_class_and_paired_change_has_its_stan
 def test_a_weight_soup_averages_weights_keeps_counters_and_refuses_other_architectures(
     tmp_path: Path,
 ) -> None:
+    from research.weight_soup.soup import average_weights, save_soup
     from training.classifier import build_classifier, load_classifier
     from training.config import ClassifierConfig
-    from training.soup import average_weights, save_soup
 
     cfg = ClassifierConfig()
     torch.manual_seed(0)
@@ -394,10 +398,10 @@ def test_a_weight_soup_averages_weights_keeps_counters_and_refuses_other_archite
 def test_a_soup_ingredient_may_be_a_runs_last_checkpoint(tmp_path: Path) -> None:
     """A run's last.pt (resume format: weights and optimiser, no config) is an ingredient too;
     its network is built from the best.pt beside it, and its own weights are the ones used."""
+    from research.weight_soup.soup import ingredient_checkpoint, load_ingredient, save_soup
     from training.checkpoint import save_resume_state
     from training.classifier import build_classifier
     from training.config import ClassifierConfig
-    from training.soup import ingredient_checkpoint, load_ingredient, save_soup
 
     cfg = ClassifierConfig()
     torch.manual_seed(0)

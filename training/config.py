@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
 
+from agelens.manifest import DetectorSpec
+
 
 class DataConfig(BaseModel):
     # "utkface": a folder in UTKFace naming with a committed split CSV; "csv": a CSV manifest.
@@ -16,6 +18,11 @@ class DataConfig(BaseModel):
     cache: Path = Path("data/cache/utkface-64")
     crop_size: int = 64
     margin: float = 0.0
+    # The detector that finds the faces of the crop cache; the exported manifest records it, and
+    # the service detects with it.
+    detector: DetectorSpec = DetectorSpec()
+    # The manifest's and model card's `training_data` line.
+    description: str = "UTKFace (Aligned & Cropped), committed split training/splits/utkface.csv"
     # Keep only this many records per split part (0 = all): the smoke config uses it.
     limit_per_split: int = 0
     # Train on this share of the train part only (val and test stay whole): the learning-curve
@@ -170,7 +177,8 @@ class ExportConfig(BaseModel):
     # as a weight soup.
     description: str = ""
     name: str = "agelens-student"
-    version: str = "2.0.0"
+    # No default: the store is committed, and a shipped version is never replaced.
+    version: str | None = None
     model_store: Path = Path("model_store")
     quantize: bool = True
     opset: int = 17
@@ -178,7 +186,7 @@ class ExportConfig(BaseModel):
     flip_tta: bool = True
     # More views inside the graph: the crop moved by these (dx, dy) whole pixels (each mirrored
     # too with flip_tta), one more pass each (export.ViewAveraged). Chosen on val by
-    # training/test_time_views.py; empty keeps the graph at the crop and its mirror.
+    # research/test_time_views/test_time_views.py; empty keeps the graph at the crop and its mirror.
     tta_shifts: list[tuple[int, int]] = []
     # Store weights as float16 (cast back to float32 at load): half the file, same compute.
     fp16_weights: bool = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +10,14 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from agelens.manifest import AlignmentSpec
+from agelens.manifest import AlignmentSpec, DetectorSpec, Normalisation
 from training.data import Record
 from training.prepare import load_cache
 
 NUM_CLASSES = 101  # ages 0..100, the last meaning 100+
+AGES = np.arange(NUM_CLASSES, dtype=np.float64)
+# How every network of this project is fed, written into each manifest.
+NORM = Normalisation()
 
 
 @dataclass
@@ -33,6 +36,7 @@ class CachedData:
     val: Part
     test: Part
     spec: AlignmentSpec
+    detector: DetectorSpec = field(default_factory=DetectorSpec)
 
     def part(self, name: str) -> Part:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -47,7 +51,7 @@ def age_stratified_subset(idx: NDArray[np.int64], ages: list[int], fraction: flo
 
 
 def load_data(cache_dir: Path, limit_per_split: int = 0, train_fraction: float = 1.0) -> CachedData:
-    crops, records, spec = load_cache(cache_dir)
+    crops, records, spec, detector = load_cache(cache_dir)
     parts = {}
     for name in ("train", "val", "test"):
         idx = np.array([i for i, r in enumerate(records) if r.split == name], dtype=np.int64)
@@ -60,4 +64,4 @@ def load_data(cache_dir: Path, limit_per_split: int = 0, train_fraction: float =
         part_crops = torch.from_numpy(np.ascontiguousarray(crops[idx]))
         ages = torch.tensor([min(records[i].age, NUM_CLASSES - 1) for i in idx], dtype=torch.int64)
         parts[name] = Part(part_crops, ages, [records[i] for i in idx])
-    return CachedData(parts["train"], parts["val"], parts["test"], spec)
+    return CachedData(parts["train"], parts["val"], parts["test"], spec, detector)

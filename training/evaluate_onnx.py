@@ -1,51 +1,111 @@
-"""Evaluate a model-store entry exactly as shipped: its ONNX file through onnxruntime, fed as its
-manifest says, on a cached split. Used by `agelens evaluate`."""
+"""Evaluate a model-store entry exactly as shipped: its ONNX file through the service's
+`AgeModel`, fed as its manifest says, on a split's faces.
+
+Two sources of faces: a crop cache (fast; it must have been built with the manifest's alignment
+and detector settings), or the images themselves, run through `agelens.faces.find_faces` with
+the manifest's settings, as the service runs them. Used by `agelens evaluate`.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
+from agelens.age_model import AgeModel
 from agelens.ages import softmax
-from agelens.faces import normalise
-from agelens.manifest import MANIFEST_FILENAME, ModelManifest
+from agelens.faces import FaceDetector, find_faces
+from agelens.imaging import read_image_file
+from agelens.manifest import ModelManifest
+from training.data import Record, read_split
 from training.dataset import CachedData, load_data
 from training.evaluate import demographic_metrics, served_metrics
 
-
-def model_logits(
-    model_dir: Path, data: CachedData, splits: tuple[str, ...], variant: str = "fp32"
-) -> tuple[ModelManifest, dict[str, NDArray[np.float32]]]:
-    """A model-store entry's raw logits on cached splits, its file fed as its manifest says."""
-    import onnxruntime as ort
-
-    manifest = ModelManifest.load(model_dir / MANIFEST_FILENAME)
-    if data.spec != manifest.alignment:
-        raise ValueError("the cache was built with other alignment parameters than the model's manifest")
-    file = manifest.file if variant == "fp32" else str(manifest.notes["int8_file"])
-    sess = ort.InferenceSession(str(model_dir / file), providers=["CPUExecutionProvider"])
-
-    def run(crops: NDArray[np.uint8]) -> NDArray[np.float32]:
-        feed = (normalise(crops[i : i + 256], manifest.normalisation) for i in range(0, len(crops), 256))
-        return np.concatenate([sess.run(None, {manifest.input_name: x})[0] for x in feed])
-
-    return manifest, {split: run(data.part(split).crops.numpy()) for split in splits}
+log = logging.getLogger(__name__)
 
 
-def evaluate_model_dir(model_dir: Path, cache: Path, split: str = "test", variant: str = "fp32") -> dict:
-    data = load_data(cache)
-    part = data.part(split)
-    manifest, by_split = model_logits(model_dir, data, (split,), variant)
-    logits = by_split[split]
+def load_model(model_dir: Path, variant: Literal["fp32", "int8"]) -> AgeModel:
+    model = AgeModel(model_dir, variant)
+    model.prepare(warm_up=False)
+    return model
+
+
+def report(
+    manifest: ModelManifest,
+    variant: str,
+    logits: NDArray[np.float32],
+    records: list[Record],
+    split: str,
+    source: dict[str, object],
+) -> dict:
+    """The served metrics of these logits (age at the estimate temperature, the interval at the
+    calibrated one), overall, per age band and per demographic group."""
     ages = np.asarray(manifest.ages, dtype=np.float64)
+    true = np.array([min(r.age, int(ages[-1])) for r in records], dtype=np.float64)
     t, t_est = manifest.temperature, manifest.estimate_temperature
-    m = served_metrics(logits, part.ages.numpy(), ages, t, t_est, split)
-    demo = demographic_metrics(softmax(logits, t_est), part.records, ages)
+    m = served_metrics(logits, true, ages, t, t_est, split)
+    demo = demographic_metrics(softmax(logits, t_est), records, ages)
     return {
         "model": f"{manifest.name}/{manifest.version}",
         "variant": variant,
+        "source": source,
         "metrics": m.model_dump(),
         "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()},
     }
+
+
+def model_logits(
+    model_dir: Path,
+    data: CachedData,
+    splits: tuple[str, ...],
+    variant: Literal["fp32", "int8"] = "fp32",
+) -> tuple[ModelManifest, dict[str, NDArray[np.float32]]]:
+    """A model-store entry's raw logits on cached splits, its file fed as the service feeds it."""
+    model = load_model(model_dir, variant)
+    manifest = model.manifest
+    if (data.spec, data.detector) != (manifest.alignment, manifest.detector):
+        raise ValueError(
+            "the cache was built with other alignment or detector settings than the model's "
+            "manifest: rebuild it with `agelens prepare`, or evaluate on the images (--data)"
+        )
+    return manifest, {split: model.logits(data.part(split).crops.numpy()) for split in splits}
+
+
+def evaluate_on_cache(
+    model_dir: Path, cache: Path, split: str = "test", variant: Literal["fp32", "int8"] = "fp32"
+) -> dict:
+    data = load_data(cache)
+    manifest, logits = model_logits(model_dir, data, (split,), variant)
+    return report(manifest, variant, logits[split], data.part(split).records, split, {"cache": str(cache)})
+
+
+def evaluate_on_images(
+    model_dir: Path,
+    image_root: Path,
+    split_file: Path,
+    split: str = "test",
+    variant: Literal["fp32", "int8"] = "fp32",
+) -> dict:
+    """Every image of the split part through the service's face path; an image with no face
+    found is counted and left out of the metrics."""
+    model = load_model(model_dir, variant)
+    manifest = model.manifest
+    detector = FaceDetector(manifest.detector)
+    records = [r for r in read_split(split_file) if r.split == split]
+    crops, kept, missed = [], [], []
+    for i, r in enumerate(records):
+        found = find_faces(read_image_file(image_root / r.filename), manifest.alignment, detector, 1)
+        if found.faces:
+            crops.append(found.faces[0].crop)
+            kept.append(r)
+        else:
+            missed.append(r.filename)
+        if (i + 1) % 500 == 0:
+            log.info("evaluate: %d/%d images", i + 1, len(records))
+    detector.close()
+    logits = model.logits(np.stack(crops))
+    source = {"images": str(image_root), "split_file": str(split_file), "no_face": len(missed)}
+    return report(manifest, variant, logits, kept, split, source)

@@ -1,9 +1,10 @@
-"""Export a trained classifier to ONNX, check parity with onnxruntime, and register it in the
-model store with its manifest and model card."""
+"""Export a trained classifier to ONNX, check parity with onnxruntime, measure the file that
+ships, and register it in the model store with its manifest and model card."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -16,17 +17,31 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
+from agelens.age_model import OnnxRunner
+from agelens.ages import softmax
 from agelens.manifest import (
     MANIFEST_FILENAME,
     AlignmentSpec,
+    DetectorSpec,
+    Int8Variant,
     Metrics,
     ModelManifest,
     Normalisation,
     sha256_file,
 )
 from training.augment import normalise, to_float
-from training.dataset import CachedData
-from training.evaluate import served_metrics
+from training.config import PipelineConfig
+from training.dataset import AGES, NORM, CachedData
+from training.evaluate import (
+    choose_estimate_temperature,
+    demographic_metrics,
+    fit_temperature,
+    interval_coverage,
+    mae_at_temperature,
+    served_metrics,
+)
+from training.model_card import render_card
+from training.models import conv_flops, count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +74,7 @@ class ViewAveraged(nn.Module):
     with its mirror image when `flip`; one pass of the network each. The first pass is the plain
     crop, which onnx_import.folded_weights relies on. Measured: the mirror took the 1.0.0
     student's test MAE from 5.51 to 5.38; a one-pixel shift with its mirror took 3.4.0's val MAE
-    from 4.783 to about 4.74 (training/test_time_views.py, training/README.md).
+    from 4.783 to about 4.74 (research/test_time_views/test_time_views.py, training/README.md).
     """
 
     def __init__(self, model: nn.Module, flip: bool = True, shifts: tuple[tuple[int, int], ...] = ()) -> None:
@@ -147,31 +162,13 @@ def store_weights_fp16(src: Path, dst: Path) -> int:
     return converted
 
 
-def onnx_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def onnx_logits(
-    session: ort.InferenceSession, crops: torch.Tensor, norm: Normalisation, batch: int = 256
-) -> NDArray[np.float32]:
-    out = []
-    for i in range(0, len(crops), batch):
-        x = normalise(to_float(crops[i : i + batch]), norm).numpy()
-        out.append(session.run(None, {"input": x})[0])
-    return np.concatenate(out)
-
-
-def parity(
-    model: nn.Module, session: ort.InferenceSession, crops: torch.Tensor, norm: Normalisation
-) -> float:
-    """Max abs difference of softmax probabilities between PyTorch and onnxruntime."""
+def parity(model: nn.Module, runner: OnnxRunner, crops: torch.Tensor, norm: Normalisation) -> float:
+    """Max abs difference of softmax probabilities between PyTorch and onnxruntime on the same
+    normalised input: the graph is checked, not the normalisation."""
     x = normalise(to_float(crops), norm)
     with torch.no_grad():
         p_torch = torch.softmax(model(x), 1).numpy()
-    p_onnx = torch.softmax(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), 1).numpy()
+    p_onnx = softmax(runner.run_normalised(x.numpy()))
     return float(np.abs(p_torch - p_onnx).max())
 
 
@@ -226,26 +223,25 @@ def int8_variant(
     int8_path: Path,
     data: CachedData,
     norm: Normalisation,
-    ages: NDArray[np.float64],
     temperature: float,
     estimate_temperature: float = 1.0,
-) -> dict[str, str | float | int]:
+) -> Int8Variant:
     """Quantise `fp32_path` (calibrated on the first 512 val crops), measure the int8 file on the
-    test split, and return the manifest notes that describe it. `temperature` and
-    `estimate_temperature` are the float model's, which the service applies to either file: the
-    int8 file's coverage and MAE are measured with them."""
+    test split, and describe it for the manifest. `temperature` and `estimate_temperature` are the
+    float model's, which the service applies to either file: the int8 file's coverage and MAE are
+    measured with them."""
     calib = normalise(to_float(data.val.crops[:512]), norm).numpy()
     quantize_int8(fp32_path, int8_path, calib)
-    q_logits = onnx_logits(onnx_session(int8_path), data.test.crops, norm)
-    qm = served_metrics(q_logits, data.test.ages.numpy(), ages, temperature, estimate_temperature)
-    return {
-        "int8_file": int8_path.name,
-        "int8_sha256": sha256_file(int8_path),
-        "int8_bytes": int8_path.stat().st_size,
-        "int8_test_mae": qm.mae,
-        "int8_test_cs5": qm.cs5,
-        "int8_coverage90_calibrated": qm.extra["coverage90_calibrated"],
-    }
+    q_logits = OnnxRunner(int8_path, norm).logits(data.test.crops.numpy())
+    qm = served_metrics(q_logits, data.test.ages.numpy(), AGES, temperature, estimate_temperature)
+    return Int8Variant(
+        file=int8_path.name,
+        sha256=sha256_file(int8_path),
+        bytes=int8_path.stat().st_size,
+        test_mae=qm.mae,
+        test_cs5=qm.cs5,
+        coverage90_calibrated=qm.extra["coverage90_calibrated"],
+    )
 
 
 def register(
@@ -264,8 +260,11 @@ def register(
     card: str,
     file_name: str = "model.onnx",
     estimate_temperature: float = 1.0,
+    detector: DetectorSpec | None = None,
+    int8: tuple[Path, Int8Variant] | None = None,
 ) -> Path:
-    """Copy the ONNX file into model_store/<name>/<version>/ and write its manifest and card.
+    """Copy the ONNX file (and its int8 copy) into model_store/<name>/<version>/ and write the
+    manifest and card.
 
     A version is never silently replaced by another model: the store is committed, and a config
     that still names a shipped version (or a GPU run, which is not bit-reproducible) would
@@ -285,6 +284,8 @@ def register(
     target = dest / file_name
     if onnx_path.resolve() != target.resolve():
         shutil.copyfile(onnx_path, target)
+    if int8 is not None:
+        shutil.copyfile(int8[0], dest / int8[1].file)
     manifest = ModelManifest(
         name=name,
         version=version,
@@ -292,6 +293,7 @@ def register(
         file=file_name,
         sha256=sha256_file(target),
         alignment=spec,
+        detector=detector or DetectorSpec(),
         normalisation=norm,
         ages=list(range(101)),
         temperature=temperature,
@@ -300,9 +302,138 @@ def register(
         training_data=training_data,
         split_sha256=split_sha256,
         metrics=metrics,
+        int8=int8[1] if int8 is not None else None,
         notes=notes,
     )
     manifest.save(dest / MANIFEST_FILENAME)
     (dest / "MODEL_CARD.md").write_text(card)
     log.info("registered %s/%s (%s, sha256 %s)", name, version, file_name, manifest.sha256[:12])
+    return dest
+
+
+def export_classifier(
+    cfg: PipelineConfig,
+    model: nn.Module,
+    data: CachedData,
+    version: str,
+    description: str,
+    extra_card: str = "",
+    quantize: bool | None = None,
+    test_time_views: bool = True,
+) -> Path:
+    """Export to ONNX, check parity, calibrate on val, measure the shipped file on test through
+    the service's OnnxRunner, and register it."""
+    ex = cfg.export
+    work = cfg.run_dir / "export" / version
+    work.mkdir(parents=True, exist_ok=True)
+    fp32_path, onnx_path = work / "model.fp32.onnx", work / "model.onnx"
+    params = count_parameters(model)
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    # test_time_views=False (agelens export --no-tta): one pass, whatever the config's views.
+    views = (
+        ViewAveraged(model, ex.flip_tta, tuple(ex.tta_shifts))
+        if test_time_views
+        else ViewAveraged(model, False)
+    )
+    if views.passes > 1:
+        model = views.eval()
+    export_onnx(model, fp32_path, data.spec.crop_size, ex.opset)
+    diff = parity(model, OnnxRunner(fp32_path, NORM), data.test.crops[:256], NORM)
+    if diff > 1e-4:
+        raise RuntimeError(f"ONNX parity failed: max abs prob diff {diff:.2e} > 1e-4")
+    if ex.fp16_weights:
+        store_weights_fp16(fp32_path, onnx_path)
+    else:
+        shutil.copyfile(fp32_path, onnx_path)
+    # Everything below is measured on the file that ships, fed as the service feeds it.
+    runner = OnnxRunner(onnx_path, NORM)
+    diff_shipped = parity(model, runner, data.test.crops[:256], NORM)
+    val_true, test_true = data.val.ages.numpy(), data.test.ages.numpy()
+    val_logits = runner.logits(data.val.crops.numpy())
+    temperature = fit_temperature(val_logits, val_true, AGES)
+    estimate_t, val_maes = choose_estimate_temperature(val_logits, val_true, AGES, temperature)
+    test_logits = runner.logits(data.test.crops.numpy())
+    # Every test figure is the service's answer: the age at the estimate temperature, the
+    # interval at the calibrated one.
+    metrics = served_metrics(test_logits, test_true, AGES, temperature, estimate_t)
+    metrics.extra["coverage90_uncalibrated"] = round(
+        interval_coverage(softmax(test_logits), test_true, AGES), 4
+    )
+    metrics.extra["onnx_parity_max_abs_prob_diff"] = float(f"{diff_shipped:.3g}")
+    metrics.extra["val_mae"] = val_maes["calibrated" if estimate_t != 1.0 else "raw"]
+    metrics.extra["val_mae_raw_softmax"] = val_maes["raw"]
+    metrics.extra["val_mae_calibrated_softmax"] = val_maes["calibrated"]
+    metrics.extra["test_mae_raw_softmax"] = mae_at_temperature(test_logits, test_true, AGES, 1.0)
+    demo = demographic_metrics(softmax(test_logits, estimate_t), data.test.records, AGES)
+    notes: dict[str, str | float | int] = {
+        "description": description,
+        "test_time_augmentation": views.describe(),
+        "flops_macs": conv_flops(model, data.spec.crop_size),
+        "onnx_bytes": onnx_path.stat().st_size,
+        "weights_storage": "float16, cast to float32 when the session loads (fp32 compute)"
+        if ex.fp16_weights
+        else "float32",
+    }
+    if ex.fp16_weights:
+        fp32_logits = OnnxRunner(fp32_path, NORM).logits(data.test.crops.numpy())
+        notes["fp32_weights_test_mae"] = mae_at_temperature(fp32_logits, test_true, AGES, estimate_t)
+        notes["fp32_weights_onnx_bytes"] = fp32_path.stat().st_size
+        notes["fp32_onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
+    int8 = None
+    if quantize if quantize is not None else ex.quantize:
+        int8_path = work / "model.int8.onnx"
+        int8 = (int8_path, int8_variant(fp32_path, int8_path, data, NORM, temperature, estimate_t))
+    split_sha = sha256_file(cfg.data.split) if cfg.data.split.exists() else ""
+    card = render_card(
+        ex.name,
+        version,
+        description,
+        metrics,
+        demo,
+        params,
+        notes,
+        temperature,
+        data.spec,
+        extra_card,
+        estimate_t,
+        int8[1] if int8 else None,
+    )
+    dest = register(
+        onnx_path,
+        ex.model_store,
+        ex.name,
+        version,
+        data.spec,
+        NORM,
+        metrics,
+        temperature,
+        params,
+        split_sha,
+        cfg.data.description,
+        notes,
+        card,
+        estimate_temperature=estimate_t,
+        detector=data.detector,
+        int8=int8,
+    )
+    (dest / "metrics_full.json").write_text(
+        json.dumps(
+            {
+                "test": metrics.model_dump(),
+                "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    log.info(
+        "export: %s/%s test MAE %.3f CS@5 %.3f, coverage %.3f (T=%.2f, age at T=%.2f)",
+        ex.name,
+        version,
+        metrics.mae,
+        metrics.cs5,
+        metrics.extra["coverage90_calibrated"],
+        temperature,
+        estimate_t,
+    )
     return dest

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from agelens.manifest import AgeBand, AlignmentSpec, Metrics
+from agelens.manifest import AgeBand, AlignmentSpec, Int8Variant, Metrics
 
 
 def _table(rows: list[AgeBand], head: str) -> str:
-    # The signed error shows the pull toward the middle ages that MAE alone hides; manifests
-    # written before it was measured have none, and their tables go without the column.
+    # The signed error shows the pull toward the middle ages that MAE alone hides.
     signed = all(b.bias is not None for b in rows)
     cols = ["n", "MAE (years)", "CS@5", *(["mean signed error (years)"] if signed else [])]
     lines = [f"| {head} | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -41,18 +40,16 @@ def render_card(
     spec: AlignmentSpec,
     extra: str = "",
     estimate_temperature: float = 1.0,
+    int8_variant: Int8Variant | None = None,
 ) -> str:
     int8 = ""
-    if "int8_file" in notes:
+    if int8_variant is not None:
+        q = int8_variant
         int8 = (
-            f"- int8 variant `{notes['int8_file']}`: {int(notes['int8_bytes']) / 1024:.0f} KiB, test MAE "
-            f"{notes['int8_test_mae']:.2f}, CS@5 {notes['int8_test_cs5']:.3f} (static QDQ quantisation, "
-            "per-channel 7-bit weights, calibrated on 512 val crops)"
+            f"- int8 variant `{q.file}`: {q.bytes / 1024:.0f} KiB, test MAE {q.test_mae:.2f}, CS@5 "
+            f"{q.test_cs5:.3f} (static QDQ quantisation, per-channel 7-bit weights, calibrated on 512 "
+            f"val crops); its 90 % interval covers {q.coverage90_calibrated:.1%} of test faces\n"
         )
-        if "int8_coverage90_calibrated" in notes:
-            cover = float(notes["int8_coverage90_calibrated"])
-            int8 += f"; its 90 % interval covers {cover:.1%} of test faces"
-        int8 += "\n"
     return f"""# Model card: {name} {version}
 
 {description}.

@@ -15,8 +15,8 @@ train mode, on batches like the calibration crops, starts close to the shipped n
 As a command, it writes the rebuilt network as a run's best.pt, so every tool that reads runs
 (the soup, `reevaluate`, `student.init_from`, born-again teachers) takes a shipped version:
 
-    python -m training.onnx_import model_store/agelens-student/3.3.0/model.onnx \\
-        --cache data/cache/utkface-64 --out runs/shipped-3.3.0
+    python -m training.onnx_import model_store/agelens-student/3.4.0/model.onnx \\
+        --cache data/cache/utkface-64 --out runs/shipped-3.4.0
 """
 
 from __future__ import annotations

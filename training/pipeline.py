@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from agelens.ages import softmax
-from agelens.manifest import AlignmentSpec, Normalisation, sha256_file
+from agelens.manifest import AlignmentSpec
 from training.augment import ZoomedView, normalised_batches
 from training.classifier import (
     OnlineTeachers,
@@ -31,28 +30,16 @@ from training.classifier import (
 )
 from training.config import ClassifierConfig, DistillConfig, OrdinalConfig, PipelineConfig
 from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
-from training.dataset import NUM_CLASSES, CachedData, load_data
+from training.dataset import AGES, NORM, CachedData, load_data
 from training.device import module_device, resolve_device
-from training.evaluate import (
-    choose_estimate_temperature,
-    compute_metrics,
-    demographic_metrics,
-    fit_temperature,
-    interval_coverage,
-    mae_at_temperature,
-    mean_std,
-    predict_logits,
-    served_metrics,
-)
-from training.model_card import render_card
-from training.models import AgeClassifier, OrdinalTeacher, conv_flops, count_parameters
+from training.evaluate import compute_metrics, mean_std, predict_logits
+from training.export import export_classifier
+from training.models import AgeClassifier, OrdinalTeacher, count_parameters
 from training.onnx_import import student_from_onnx
 from training.ordinal import load_ordinal_teacher, order_accuracy, train_ordinal_teacher
-from training.prepare import build_cache
+from training.prepare import build_cache, cache_settings
 
 log = logging.getLogger("agelens.train")
-NORM = Normalisation()
-AGES = np.arange(NUM_CLASSES, dtype=np.float64)
 STAGES = ("prepare", "dk_teacher", "ordinal_teacher", "student", "born_again", "ablation", "export")
 TEACHER_STAGES = ("dk_teacher", "ordinal_teacher")
 
@@ -96,11 +83,10 @@ def stage_prepare(cfg: PipelineConfig) -> None:
     d = cfg.data
     spec = AlignmentSpec(crop_size=d.crop_size, margin=d.margin)
     if (d.cache / "crops.npy").exists():
-        cached = AlignmentSpec.model_validate_json((d.cache / "alignment.json").read_text())
-        if cached == spec:
+        if cache_settings(d.cache) == (spec, d.detector):
             log.info("prepare: cache %s is up to date", d.cache)
             return
-        log.info("prepare: cache %s was built with other alignment parameters; rebuilding", d.cache)
+        log.info("prepare: cache %s was built with other alignment or detector settings; rebuilding", d.cache)
     if d.kind == "utkface":
         if d.split.exists():
             records = read_split(d.split)
@@ -112,7 +98,7 @@ def stage_prepare(cfg: PipelineConfig) -> None:
         records = read_csv_manifest(d.split)
     if d.limit_per_split:
         records = limit_records(records, d.limit_per_split)
-    stats = build_cache(records, d.root, d.cache, spec, workers=d.workers)
+    stats = build_cache(records, d.root, d.cache, spec, d.detector, workers=d.workers)
     log.info(
         "prepare: detection rate %.4f (%d/%d)", stats["detection_rate"], stats["detected"], stats["images"]
     )
@@ -407,133 +393,6 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
     return out
 
 
-def export_classifier(
-    cfg: PipelineConfig,
-    model: AgeClassifier,
-    data: CachedData,
-    version: str,
-    description: str,
-    extra_card: str = "",
-    quantize: bool | None = None,
-    test_time_views: bool = True,
-) -> Path:
-    """Export to ONNX, evaluate the ONNX file on test, calibrate on val, and register."""
-    from training.export import export_onnx, int8_variant, onnx_logits, onnx_session, parity, register
-
-    ex = cfg.export
-    work = cfg.run_dir / "export" / version
-    work.mkdir(parents=True, exist_ok=True)
-    fp32_path, onnx_path = work / "model.fp32.onnx", work / "model.onnx"
-    from training.export import ViewAveraged, store_weights_fp16
-
-    params = count_parameters(model)
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    # test_time_views=False (agelens export --no-tta): one pass, whatever the config's views.
-    if test_time_views:
-        views = ViewAveraged(model, ex.flip_tta, tuple(ex.tta_shifts))
-    else:
-        views = ViewAveraged(model, flip=False)
-    if views.passes > 1:
-        model = views.eval()
-    export_onnx(model, fp32_path, data.spec.crop_size, ex.opset)
-    diff = parity(model, onnx_session(fp32_path), data.test.crops[:256], NORM)
-    if diff > 1e-4:
-        raise RuntimeError(f"ONNX parity failed: max abs prob diff {diff:.2e} > 1e-4")
-    if ex.fp16_weights:
-        store_weights_fp16(fp32_path, onnx_path)
-    else:
-        shutil.copyfile(fp32_path, onnx_path)
-    # Everything below is measured on the file that ships.
-    sess = onnx_session(onnx_path)
-    diff_shipped = parity(model, sess, data.test.crops[:256], NORM)
-    val_logits = onnx_logits(sess, data.val.crops, NORM)
-    temperature = fit_temperature(val_logits, data.val.ages.numpy(), AGES)
-    estimate_t, val_maes = choose_estimate_temperature(val_logits, data.val.ages.numpy(), AGES, temperature)
-    test_logits = onnx_logits(sess, data.test.crops, NORM)
-    test_true = data.test.ages.numpy()
-    # Every test figure is the service's answer: the age at the estimate temperature, the
-    # interval at the calibrated one.
-    metrics = served_metrics(test_logits, test_true, AGES, temperature, estimate_t)
-    metrics.extra["coverage90_uncalibrated"] = round(
-        interval_coverage(softmax(test_logits), test_true, AGES), 4
-    )
-    metrics.extra["onnx_parity_max_abs_prob_diff"] = float(f"{diff_shipped:.3g}")
-    metrics.extra["val_mae"] = val_maes["calibrated" if estimate_t != 1.0 else "raw"]
-    metrics.extra["val_mae_raw_softmax"] = val_maes["raw"]
-    metrics.extra["val_mae_calibrated_softmax"] = val_maes["calibrated"]
-    metrics.extra["test_mae_raw_softmax"] = mae_at_temperature(test_logits, test_true, AGES, 1.0)
-    demo = demographic_metrics(softmax(test_logits, estimate_t), data.test.records, AGES)
-    notes: dict[str, str | float | int] = {
-        "description": description,
-        "test_time_augmentation": views.describe(),
-        "flops_macs": conv_flops(model, data.spec.crop_size),
-        "onnx_bytes": onnx_path.stat().st_size,
-        "weights_storage": "float16, cast to float32 when the session loads (fp32 compute)"
-        if ex.fp16_weights
-        else "float32",
-    }
-    if ex.fp16_weights:
-        fp32_logits = onnx_logits(onnx_session(fp32_path), data.test.crops, NORM)
-        fp32_mae = mae_at_temperature(fp32_logits, test_true, AGES, estimate_t)
-        notes["fp32_weights_test_mae"] = fp32_mae
-        notes["fp32_weights_onnx_bytes"] = fp32_path.stat().st_size
-        notes["fp32_onnx_parity_max_abs_prob_diff"] = float(f"{diff:.3g}")
-    if quantize if quantize is not None else ex.quantize:
-        notes.update(
-            int8_variant(fp32_path, work / "model.int8.onnx", data, NORM, AGES, temperature, estimate_t)
-        )
-    split_sha = sha256_file(cfg.data.split) if cfg.data.split.exists() else ""
-    card = render_card(
-        ex.name,
-        version,
-        description,
-        metrics,
-        demo,
-        params,
-        notes,
-        temperature,
-        data.spec,
-        extra_card,
-        estimate_t,
-    )
-    dest = register(
-        onnx_path,
-        ex.model_store,
-        ex.name,
-        version,
-        data.spec,
-        NORM,
-        metrics,
-        temperature,
-        params,
-        split_sha,
-        "UTKFace (Aligned & Cropped), committed split training/splits/utkface.csv",
-        notes,
-        card,
-        estimate_temperature=estimate_t,
-    )
-    if "int8_file" in notes:
-        shutil.copyfile(work / "model.int8.onnx", dest / "model.int8.onnx")
-    _write_json(
-        dest.parent / version / "metrics_full.json",
-        {
-            "test": metrics.model_dump(),
-            "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()},
-        },
-    )
-    log.info(
-        "export: %s/%s test MAE %.3f CS@5 %.3f, coverage %.3f (T=%.2f, age at T=%.2f)",
-        ex.name,
-        version,
-        metrics.mae,
-        metrics.cs5,
-        metrics.extra["coverage90_calibrated"],
-        temperature,
-        estimate_t,
-    )
-    return dest
-
-
 def describe_student(cfg: PipelineConfig) -> str:
     d, s = cfg.distill, cfg.student
     ba = cfg.born_again
@@ -603,6 +462,8 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         else:
             model = load_classifier(cfg.run_dir / final / "best.pt")
         note = f"\n## Training\n{cfg.export.card_note.strip()}\n" if cfg.export.card_note.strip() else ""
+        if not cfg.export.version:
+            raise ValueError("set [export] version (a new one: a registered version is never replaced)")
         export_classifier(cfg, model, data, cfg.export.version, export_description(cfg), extra_card=note)
     summary["seconds"] = round(time.time() - t0, 1)
     _write_json(cfg.run_dir / "summary.json", summary)

@@ -1,8 +1,9 @@
 """Build the aligned-crop cache once, so that no training epoch ever runs face detection again.
 
 The cache is a folder outside git: `crops.npy` (N, S, S, 3) uint8, memory-mapped at training
-time, and `index.csv` (one row per crop, with its record and split). Every image goes through
-`agelens.imaging.decode_image` and `agelens.faces.FacePipeline`, the same calls the service makes.
+time, `index.csv` (one row per crop, with its record and split), and the alignment and detector
+settings that made it. Every image goes through `agelens.imaging.read_image_file` and
+`agelens.faces.find_faces`, the calls the service makes, keeping the largest face.
 """
 
 from __future__ import annotations
@@ -18,24 +19,26 @@ from pathlib import Path
 
 import numpy as np
 
-from agelens.faces import FacePipeline
+from agelens.faces import FaceDetector, find_faces
 from agelens.imaging import read_image_file
-from agelens.manifest import AlignmentSpec
+from agelens.manifest import AlignmentSpec, DetectorSpec
 from training.data import Record, record_from_row
 
 log = logging.getLogger(__name__)
 
-_PIPELINE: FacePipeline | None = None
+_WORKER: tuple[AlignmentSpec, FaceDetector] | None = None
 
 
-def _init_worker(spec_json: str) -> None:
-    global _PIPELINE
+def _init_worker(spec_json: str, detector_json: str) -> None:
+    global _WORKER
     os.environ.setdefault("GLOG_minloglevel", "2")
-    _PIPELINE = FacePipeline(AlignmentSpec.model_validate_json(spec_json))
+    spec = AlignmentSpec.model_validate_json(spec_json)
+    _WORKER = (spec, FaceDetector(DetectorSpec.model_validate_json(detector_json)))
 
 
 def _process(paths: list[str]) -> list[tuple[np.ndarray | None, int, float]]:
-    assert _PIPELINE is not None
+    assert _WORKER is not None
+    spec, detector = _WORKER
     out: list[tuple[np.ndarray | None, int, float]] = []
     for p in paths:
         try:
@@ -43,13 +46,12 @@ def _process(paths: list[str]) -> list[tuple[np.ndarray | None, int, float]]:
         except Exception:  # a broken file is counted as undetected, not fatal
             out.append((None, 0, 0.0))
             continue
-        faces = _PIPELINE.detector.detect(rgb)
-        if not faces:
+        found = find_faces(rgb, spec, detector, max_faces=1)
+        if not found.faces:
             out.append((None, 0, 0.0))
             continue
-        aligned = _PIPELINE.largest(rgb, faces)
-        assert aligned is not None
-        out.append((aligned.crop, len(faces), aligned.face.score))
+        face = found.faces[0]
+        out.append((face.crop, found.detected, face.face.score))
     return out
 
 
@@ -58,10 +60,12 @@ def build_cache(
     image_root: Path,
     out_dir: Path,
     spec: AlignmentSpec,
+    detector: DetectorSpec | None = None,
     workers: int = 2,
     chunk: int = 64,
 ) -> dict[str, float]:
     """Detect and align every record's image; write crops.npy, index.csv and stats.json."""
+    detector = detector or DetectorSpec()
     out_dir.mkdir(parents=True, exist_ok=True)
     s = spec.crop_size
     n = len(records)
@@ -80,7 +84,10 @@ def build_cache(
     # inherits their locks and deadlocks (seen here: the smoke pipeline hung in prepare).
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker, initargs=(spec.model_dump_json(),)
+        workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(spec.model_dump_json(), detector.model_dump_json()),
     ) as pool:
         for ci, results in enumerate(pool.map(_process, chunks)):
             for j, (crop, nf, _score) in enumerate(results):
@@ -144,15 +151,28 @@ def build_cache(
     stats["missed"] = [records[i].filename for i in np.flatnonzero(~detected)][:50]  # type: ignore[assignment]
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     (out_dir / "alignment.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    (out_dir / "detector.json").write_text(detector.model_dump_json(indent=2) + "\n")
     return stats
 
 
-def load_cache(cache_dir: Path) -> tuple[np.ndarray, list[Record], AlignmentSpec]:
+def cache_settings(cache_dir: Path) -> tuple[AlignmentSpec, DetectorSpec]:
+    """The alignment and detector settings a cache was built with."""
+    spec = AlignmentSpec.model_validate_json((cache_dir / "alignment.json").read_text())
+    detector_file = cache_dir / "detector.json"
+    # A cache without detector.json was built before it was recorded, always with the defaults.
+    detector = (
+        DetectorSpec.model_validate_json(detector_file.read_text())
+        if detector_file.is_file()
+        else DetectorSpec()
+    )
+    return spec, detector
+
+
+def load_cache(cache_dir: Path) -> tuple[np.ndarray, list[Record], AlignmentSpec, DetectorSpec]:
     crops = np.load(cache_dir / "crops.npy", mmap_mode="r")
     with open(cache_dir / "index.csv", newline="") as fh:
         recs = [record_from_row(row) for row in csv.DictReader(fh)]
-    spec = AlignmentSpec.model_validate_json((cache_dir / "alignment.json").read_text())
-    return crops, recs, spec
+    return (crops, recs, *cache_settings(cache_dir))
 
 
 def records_summary(records: list[Record]) -> dict[str, int]:
