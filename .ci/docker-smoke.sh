@@ -30,4 +30,11 @@ if "utkface" in sys.argv[2]:
     assert len(body["faces"]) == 1 and 10 < body["faces"][0]["age"] < 70, body
 print("docker smoke: OK", body["model"], [round(f["age"], 1) for f in body["faces"]])
 PY
+# The API docs work offline: their page names only this server's assets, and each is served.
+docs=$(curl -sS --fail-with-body "http://127.0.0.1:${AGELENS_PORT}/docs")
+if grep -Eq 'https?://' <<<"$docs"; then echo "docs page names an outside host"; exit 1; fi
+for asset in swagger-ui-bundle.js swagger-ui.css redoc.standalone.js; do
+  curl -sS --fail -o /dev/null "http://127.0.0.1:${AGELENS_PORT}/docs-assets/${asset}"
+done
+echo "docker smoke: /docs and its assets served from the image"
 docker image ls agelens:latest --format 'image size: {{.Size}}'
