@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import onnxruntime as ort
 import torch
 
@@ -79,6 +80,9 @@ def test_a_multi_view_graph_gives_back_its_network(tmp_path: Path) -> None:
 
 
 def test_3_5_0_is_3_4_0s_network_with_the_views_its_config_names() -> None:
+    """The provenance its config states, while the store holds both versions."""
+    if not ((STORE / "3.5.0").is_dir() and (STORE / "3.4.0").is_dir()):
+        pytest.skip("3.5.0 or 3.4.0 has left the store")
     cfg = tomllib.loads((REPO / "training/configs/utkface_views_3.5.0.toml").read_text())
     shifts = tuple(tuple(s) for s in cfg["export"]["tta_shifts"])
     assert cfg["export"]["source"] == "model_store/agelens-student/3.4.0/model.onnx"

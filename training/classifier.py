@@ -231,7 +231,7 @@ def train_classifier(
     averaged: AveragedModel | None = None
     if cfg.ema_decay > 0:
         # BN statistics are averaged too (use_buffers), so the EMA model can be evaluated as is.
-        # In the one run that used it (born-again, training/README.md) it lagged far behind the
+        # In the one run that used it (born-again, research/born_again) it lagged far behind the
         # raw weights early on; averaging BN statistics is the likely cause, so it is off by default.
         averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     elif cfg.swa:

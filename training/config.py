@@ -26,7 +26,7 @@ class DataConfig(BaseModel):
     # Keep only this many records per split part (0 = all): the smoke config uses it.
     limit_per_split: int = 0
     # Train on this share of the train part only (val and test stay whole): the learning-curve
-    # probe, which asks what more faces would buy (training/README.md).
+    # probe, which asks what more faces would buy (research/learning_curve).
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     workers: int = 2
 

@@ -5,7 +5,7 @@ The service answers the mean of the distribution at the manifest's `estimate_tem
 the error reported and targeted is absolute, which the median minimises, and the median is
 also less pulled by the wide tails of an over-smoothed distribution. This measures mean,
 median (the 0.5 quantile, interpolated inside its one-year class) and mode (argmax) at several
-temperatures on val and test, so the choice is on record (training/README.md).
+temperatures on val and test, so the choice is on record (research/notebook.md).
 
     python -m research.median_readout.readout --model-dir runs/history/agelens-student/3.2.0 \\
         > research/median_readout/results/readout_3.2.0.json

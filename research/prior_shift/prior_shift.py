@@ -5,7 +5,7 @@ Age classifiers learn p(age | face) under the training set's age prior, which UT
 with a strength gamma, logits - gamma * log p_train(age), is the standard label-shift correction;
 it costs nothing at inference (a bias on the last layer). This measures it on val and test for
 several gamma, overall and per age band, with the mean signed error per band, so the trade-off
-between the middle ages and the extremes is on record (training/README.md).
+between the middle ages and the extremes is on record (research/notebook.md).
 
     python -m research.prior_shift.prior_shift --model-dir runs/history/agelens-student/3.1.0 \\
         > research/prior_shift/results/prior_shift_3.1.0.json

@@ -11,7 +11,7 @@ set of views:
 - the same plus the crop zoomed to an alignment margin of `ZOOMS` and its mirror (4 passes;
   augment.ZoomedView, bilinear resampling). Scored for the record, never exported: resampling
   smooths fine texture, and every zoom, in or out, pulls the oldest faces about a year further
-  down (training/README.md).
+  down (research/notebook.md).
 
 The set exported is the best on val among those within `--passes` (default 4: twice the
 compute of 3.4.0). Test is reported beside it, as everywhere in this project, and chose nothing.
