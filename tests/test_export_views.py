@@ -6,8 +6,8 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-import pytest
 import onnxruntime as ort
+import pytest
 import torch
 
 from agelens.manifest import ModelManifest, Normalisation
