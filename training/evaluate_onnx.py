@@ -17,12 +17,12 @@ from numpy.typing import NDArray
 
 from agelens.age_model import AgeModel
 from agelens.ages import softmax
-from agelens.faces import FaceDetector, find_faces
-from agelens.imaging import read_image_file
+from agelens.faces import FaceDetector
 from agelens.manifest import ModelManifest
 from training.data import Record, read_split
 from training.dataset import CachedData, load_data
 from training.evaluate import demographic_metrics, served_metrics
+from training.prepare import largest_face
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,16 @@ def evaluate_on_images(
     variant: Literal["fp32", "int8"] = "fp32",
 ) -> dict:
     """Every image of the split part through the service's face path; an image with no face
-    found is counted and left out of the metrics."""
+    found (or that cannot be read) is counted and left out of the metrics."""
     model = load_model(model_dir, variant)
     manifest = model.manifest
     detector = FaceDetector(manifest.detector)
     records = [r for r in read_split(split_file) if r.split == split]
     crops, kept, missed = [], [], []
     for i, r in enumerate(records):
-        found = find_faces(read_image_file(image_root / r.filename), manifest.alignment, detector, 1)
-        if found.faces:
-            crops.append(found.faces[0].crop)
+        face, _ = largest_face(image_root / r.filename, manifest.alignment, detector)
+        if face is not None:
+            crops.append(face.crop)
             kept.append(r)
         else:
             missed.append(r.filename)

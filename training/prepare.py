@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agelens.faces import FaceDetector, find_faces
+from agelens.faces import AlignedFace, FaceDetector, find_faces
 from agelens.imaging import read_image_file
 from agelens.manifest import AlignmentSpec, DetectorSpec
 from training.data import Record, record_from_row
@@ -36,22 +36,26 @@ def _init_worker(spec_json: str, detector_json: str) -> None:
     _WORKER = (spec, FaceDetector(DetectorSpec.model_validate_json(detector_json)))
 
 
+def largest_face(
+    path: str | Path, spec: AlignmentSpec, detector: FaceDetector
+) -> tuple[AlignedFace | None, int]:
+    """A dataset image's labelled face (the largest, through the service's face path) and how many
+    faces were found. A file that cannot be read counts as one where no face was found."""
+    try:
+        rgb = read_image_file(path)
+    except Exception:
+        return None, 0
+    found = find_faces(rgb, spec, detector, max_faces=1)
+    return (found.faces[0] if found.faces else None), found.detected
+
+
 def _process(paths: list[str]) -> list[tuple[np.ndarray | None, int, float]]:
     assert _WORKER is not None
     spec, detector = _WORKER
     out: list[tuple[np.ndarray | None, int, float]] = []
     for p in paths:
-        try:
-            rgb = read_image_file(p)
-        except Exception:  # a broken file is counted as undetected, not fatal
-            out.append((None, 0, 0.0))
-            continue
-        found = find_faces(rgb, spec, detector, max_faces=1)
-        if not found.faces:
-            out.append((None, 0, 0.0))
-            continue
-        face = found.faces[0]
-        out.append((face.crop, found.detected, face.face.score))
+        face, detected = largest_face(p, spec, detector)
+        out.append((None, 0, 0.0) if face is None else (face.crop, detected, face.face.score))
     return out
 
 
