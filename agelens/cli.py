@@ -35,7 +35,8 @@ def _face_rows(result: object) -> list[str]:
         b = f.box
         rows.append(
             f"{i:>4}  {b.x:>7.0f} {b.y:>7.0f} {b.width:>6.0f} {b.height:>6.0f}  {f.score:>5.2f}  "
-            f"{f.age:>6.1f}  {f.age_std:>5.1f}  {f.age_interval.low:>4.0f}-{f.age_interval.high:<4.0f}"
+            f"{f.age:>6.1f}  {f.age_std:>5.1f}  {f.age_interval.low:>4.0f}-{f.age_interval.high:<4.0f}  "
+            + ("usable" if f.quality.usable else "poor: " + ", ".join(f.quality.reasons))
         )
     return rows
 
@@ -47,7 +48,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     with AgelensClient(args.url, api_key=args.api_key or os.environ.get("AGELENS_API_KEY")) as client:
         for path in args.images:
             try:
-                result = client.estimate(path, distribution=args.json and not args.no_distribution)
+                result = client.estimate(
+                    path, distribution=args.json and not args.no_distribution, usable_only=args.usable_only
+                )
             except (AgelensError, OSError) as exc:
                 print(f"{path}: error: {exc}", file=sys.stderr)
                 code = 1
@@ -58,9 +61,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
             print(
                 f"{path}: {result.image_width}x{result.image_height}, {len(result.faces)} face(s), "
                 f"model {result.model.name} {result.model.version}, {result.timings.total_ms:.0f} ms"
+                + (
+                    f", {result.faces_unusable_omitted} unusable face(s) left out"
+                    if result.faces_unusable_omitted
+                    else ""
+                )
             )
             if result.faces:
-                print("face        x       y  width height  score     age    std   90% interval")
+                print("face        x       y  width height  score     age    std   90% interval  quality")
                 print("\n".join(_face_rows(result)))
     return code
 
@@ -69,10 +77,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     _setup_logging()
     from agelens.manifest import AlignmentSpec
     from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
+    from training.datasets import dataset, ensure_split
     from training.prepare import build_cache
 
     spec = AlignmentSpec(crop_size=args.crop_size, margin=args.margin)
-    if args.csv:
+    if args.dataset:
+        entry = dataset(args.dataset)
+        records, root = ensure_split(entry), entry.root
+        out = Path(args.out) if args.out else entry.cache
+    elif args.csv:
         records = read_csv_manifest(Path(args.csv))
         root = Path(args.csv).parent
     else:
@@ -84,7 +97,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             records, stats = build_utkface_split(root)
             write_split(records, split)
             logging.info("wrote split %s: %s", split, stats)
-    stats = build_cache(records, root, Path(args.out), spec, workers=args.workers)
+    if not args.dataset and not args.out:
+        print("--out is needed with --data or --csv", file=sys.stderr)
+        return 2
+    if not args.dataset:
+        out = Path(args.out)
+    stats = build_cache(records, root, out, spec, workers=args.workers)
     print(json.dumps({k: v for k, v in stats.items() if k != "missed"}, indent=2))
     return 0
 
@@ -138,19 +156,48 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _setup_logging()
-    from training.evaluate_onnx import evaluate_on_cache, evaluate_on_images
+    from training.evaluate_onnx import (
+        cached_datasets,
+        evaluate_datasets,
+        evaluate_on_cache,
+        evaluate_on_images,
+    )
 
     if args.data:
         report = evaluate_on_images(
             Path(args.model_dir), Path(args.data), Path(args.split_file), args.split, args.variant
         )
-    else:
+    elif args.cache:
         report = evaluate_on_cache(Path(args.model_dir), Path(args.cache), args.split, args.variant)
+    else:
+        names = args.dataset or cached_datasets()
+        if not names:
+            print("no dataset cache found: run `agelens prepare --dataset NAME` first", file=sys.stderr)
+            return 2
+        report = evaluate_datasets(Path(args.model_dir), names, args.split, args.variant)
+        _print_dataset_table(report)
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    print(text)
+    if args.data or args.cache or args.json:
+        print(text)
     return 0
+
+
+def _print_dataset_table(report: dict) -> None:
+    """Per dataset: MAE, CS@5, coverage, then each age band's and group's MAE and signed error."""
+    print(f"{report['model']} ({report['variant']}), {report['split']} split")
+    for rep in report["datasets"].values():
+        m = rep["metrics"]
+        print(
+            f"\n{rep['title']}: n {m['n']}, MAE {m['mae']:.3f}, CS@5 {m['cs5']:.3f}, "
+            f"90% interval coverage {m['extra']['coverage90_calibrated']:.3f}"
+        )
+        rows = [("age " + b["name"], b) for b in m["bands"]]
+        rows += [(f"{k} {b['name']}", b) for k, bands in rep["groups"].items() for b in bands]
+        for label, b in rows:
+            print(f"  {label:<22} n {b['n']:>5}  MAE {b['mae']:6.2f}  signed {b['bias']:+6.2f}")
+    print(f"\nmean of the datasets' MAE: {report['mean_mae']:.3f}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -200,14 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--api-key")
     e.add_argument("--json", action="store_true", help="one JSON object per image")
     e.add_argument("--no-distribution", action="store_true", help="leave the distribution out of --json")
+    e.add_argument("--usable-only", action="store_true", help="leave out faces whose quality is not usable")
     e.set_defaults(func=cmd_estimate)
 
     pr = sub.add_parser("prepare", help="detect, align and cache the faces of a dataset")
     src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--dataset", help="a dataset of training/datasets.toml: its split (made if missing) and cache"
+    )
     src.add_argument("--data", help="folder of images in UTKFace naming (age_gender_race_date.jpg)")
     src.add_argument("--csv", help="CSV manifest with columns path,age (see training/data.py)")
     pr.add_argument("--split", default="training/splits/utkface.csv", help="split file (made if missing)")
-    pr.add_argument("--out", required=True, help="cache folder")
+    pr.add_argument("--out", help="cache folder (with --dataset: the registry's, unless given)")
     pr.add_argument("--crop-size", type=int, default=64)
     pr.add_argument("--margin", type=float, default=0.0)
     pr.add_argument("--workers", type=int, default=2)
@@ -244,12 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--model-dir", required=True)
     src = ev.add_mutually_exclusive_group()
-    src.add_argument("--cache", default="data/cache/utkface-64", help="crop cache built by `agelens prepare`")
+    src.add_argument(
+        "--dataset",
+        action="append",
+        help="a dataset of training/datasets.toml, on its cache (repeatable; default: every one prepared)",
+    )
+    src.add_argument("--cache", help="a crop cache built by `agelens prepare`, on its own")
     src.add_argument("--data", help="image folder: every image through the service's face path instead")
     ev.add_argument("--split-file", default="training/splits/utkface.csv", help="split file for --data")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--variant", default="fp32", choices=["fp32", "int8"])
-    ev.add_argument("--out")
+    ev.add_argument("--out", help="write the JSON report here")
+    ev.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="export a checkpoint to ONNX and register it in the model store")

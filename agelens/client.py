@@ -66,6 +66,10 @@ def _raise_for(resp: httpx.Response) -> None:
     raise AgelensHTTPError(resp.status_code, code, message, rid, float(ra) if ra and ra.isdigit() else None)
 
 
+def _params(distribution: bool, usable_only: bool) -> dict[str, str]:
+    return {"distribution": str(distribution).lower(), "usable_only": str(usable_only).lower()}
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"X-API-Key": api_key} if api_key else {}
 
@@ -95,20 +99,22 @@ class AgelensClient:
         _raise_for(resp)
         return resp
 
-    def estimate(self, image: ImageInput, distribution: bool = True) -> EstimateResponse:
+    def estimate(
+        self, image: ImageInput, distribution: bool = True, usable_only: bool = False
+    ) -> EstimateResponse:
         resp = self._send(
             "POST",
             "/estimate",
             files={"image": _file_tuple(image)},
-            params={"distribution": str(distribution).lower()},
+            params=_params(distribution, usable_only),
         )
         return EstimateResponse.model_validate(resp.json())
 
-    def estimate_batch(self, images: list[ImageInput], distribution: bool = True) -> BatchResponse:
+    def estimate_batch(
+        self, images: list[ImageInput], distribution: bool = True, usable_only: bool = False
+    ) -> BatchResponse:
         files = [("images", _file_tuple(img, f"image{i}")) for i, img in enumerate(images)]
-        resp = self._send(
-            "POST", "/estimate/batch", files=files, params={"distribution": str(distribution).lower()}
-        )
+        resp = self._send("POST", "/estimate/batch", files=files, params=_params(distribution, usable_only))
         return BatchResponse.model_validate(resp.json())
 
     def ready(self) -> Ready:
@@ -147,19 +153,23 @@ class AsyncAgelensClient:
         _raise_for(resp)
         return resp
 
-    async def estimate(self, image: ImageInput, distribution: bool = True) -> EstimateResponse:
+    async def estimate(
+        self, image: ImageInput, distribution: bool = True, usable_only: bool = False
+    ) -> EstimateResponse:
         resp = await self._send(
             "POST",
             "/estimate",
             files={"image": _file_tuple(image)},
-            params={"distribution": str(distribution).lower()},
+            params=_params(distribution, usable_only),
         )
         return EstimateResponse.model_validate(resp.json())
 
-    async def estimate_batch(self, images: list[ImageInput], distribution: bool = True) -> BatchResponse:
+    async def estimate_batch(
+        self, images: list[ImageInput], distribution: bool = True, usable_only: bool = False
+    ) -> BatchResponse:
         files = [("images", _file_tuple(img, f"image{i}")) for i, img in enumerate(images)]
         resp = await self._send(
-            "POST", "/estimate/batch", files=files, params={"distribution": str(distribution).lower()}
+            "POST", "/estimate/batch", files=files, params=_params(distribution, usable_only)
         )
         return BatchResponse.model_validate(resp.json())
 

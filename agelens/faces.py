@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from agelens.blazeface import BlazeFaceModel, RawDetection
 from agelens.manifest import AlignmentSpec, DetectorSpec, Normalisation
+from agelens.quality import FaceQuality, QualityThresholds, measure_quality
 
 # MediaPipe's keypoint order for face_detection.
 KEYPOINT_INDEX = {
@@ -93,6 +94,7 @@ class DetectedFace:
 class AlignedFace:
     face: DetectedFace
     crop: NDArray[np.uint8]  # (S, S, 3) RGB
+    quality: FaceQuality
 
 
 class _MediaPipeGraph:
@@ -379,12 +381,16 @@ def find_faces(
     spec: AlignmentSpec,
     detector: FaceDetector | DetectorPool,
     max_faces: int | None = None,
+    quality: QualityThresholds | None = None,
 ) -> FoundFaces:
-    """Detect every face in decoded RGB pixels and align each to the manifest's template.
+    """Detect every face in decoded RGB pixels, align each to the manifest's template, and
+    measure how good a basis for an estimate it is (`agelens.quality`, against `quality`'s
+    thresholds, the defaults when None).
 
     Where more than `max_faces` are found, the largest are kept (in a photo, the subjects; in a
     dataset chip, the labelled face), and the kept ones are returned in reading order.
     """
+    thresholds = quality or QualityThresholds()
     t0 = time.perf_counter()
     detections = detector.detect(rgb)
     t1 = time.perf_counter()
@@ -392,6 +398,9 @@ def find_faces(
     if max_faces is not None and len(detections) > max_faces:
         largest = {id(f) for f in sorted(detections, key=lambda f: -f.area)[:max_faces]}
         kept = [f for f in detections if id(f) in largest]
-    faces = [AlignedFace(f, align_face(rgb, f.keypoints, spec)) for f in kept]
+    faces = []
+    for f in kept:
+        crop = align_face(rgb, f.keypoints, spec)
+        faces.append(AlignedFace(f, crop, measure_quality(f.box, f.keypoints, f.score, crop, thresholds)))
     t2 = time.perf_counter()
     return FoundFaces(faces, len(detections), (t1 - t0) * 1e3, (t2 - t1) * 1e3)

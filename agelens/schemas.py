@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
+
+QualityReason = Literal[
+    "too_small", "blurred", "turned", "too_dark", "overexposed", "low_contrast", "low_score"
+]
 
 
 class Box(BaseModel):
@@ -23,6 +29,29 @@ class AgeDistribution(BaseModel):
     probabilities: list[float]
 
 
+class FaceQuality(BaseModel):
+    """How good a basis for an age estimate the face is (agelens.quality); the thresholds behind
+    `usable` are the service's AGELENS_QUALITY_* settings."""
+
+    usable: bool = Field(description="True when no reason below applies")
+    reasons: list[QualityReason] = Field(
+        description="Stable codes of what makes the face a poor basis: too_small (eye distance), blurred "
+        "(sharpness), turned (yaw or pitch), too_dark / overexposed (brightness), low_contrast, low_score "
+        "(detection score)"
+    )
+    eye_distance: float = Field(description="Distance between the eyes, pixels of the original image")
+    box_short_side: float = Field(description="Short side of the face box, pixels of the original image")
+    sharpness: float = Field(
+        description="Laplacian energy of the aligned crop over its variance: scale- and contrast-free"
+    )
+    roll: float = Field(description="Tilt of the eye line, degrees (alignment undoes it)")
+    yaw: float = Field(description="Head turn left/right from the keypoints, degrees (coarse)")
+    pitch: float = Field(description="Head tilt up/down from the keypoints, degrees (coarse)")
+    brightness: float = Field(description="Mean grey level of the aligned crop, 0-255")
+    contrast: float = Field(description="Standard deviation of the crop's grey levels, 0-255")
+    score: float = Field(description="Face detection confidence in [0, 1]")
+
+
 class Face(BaseModel):
     box: Box
     score: float = Field(description="Face detection confidence in [0, 1]")
@@ -32,6 +61,7 @@ class Face(BaseModel):
     )
     age_std: float = Field(description="Standard deviation of the age distribution, years")
     age_interval: AgeInterval
+    quality: FaceQuality
     distribution: AgeDistribution | None = None
 
 
@@ -56,6 +86,9 @@ class EstimateResponse(BaseModel):
     faces: list[Face]
     faces_detected: int = Field(description="Faces found before the max-faces limit was applied")
     truncated: bool = Field(False, description="True when only the largest max_faces faces were kept")
+    faces_unusable_omitted: int = Field(
+        0, description="Unusable faces left out of `faces` because usable_only=true was asked"
+    )
     timings: Timings
 
 

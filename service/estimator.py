@@ -13,8 +13,34 @@ from numpy.typing import NDArray
 from agelens.age_model import AgeModel
 from agelens.faces import DetectorPool, FoundFaces, find_faces
 from agelens.imaging import decode_image
-from agelens.schemas import AgeDistribution, AgeInterval, Box, EstimateResponse, Face, ModelInfo, Timings
+from agelens.quality import FaceQuality
+from agelens.schemas import (
+    AgeDistribution,
+    AgeInterval,
+    Box,
+    EstimateResponse,
+    Face,
+    ModelInfo,
+    Timings,
+)
+from agelens.schemas import FaceQuality as FaceQualityModel
 from service.settings import Settings
+
+
+def quality_model(q: FaceQuality) -> FaceQualityModel:
+    return FaceQualityModel(
+        usable=q.usable,
+        reasons=[str(r) for r in q.reasons],
+        eye_distance=round(q.eye_distance, 1),
+        box_short_side=round(q.box_short_side, 1),
+        sharpness=round(q.sharpness, 4),
+        roll=round(q.roll, 1),
+        yaw=round(q.yaw, 1),
+        pitch=round(q.pitch, 1),
+        brightness=round(q.brightness, 1),
+        contrast=round(q.contrast, 1),
+        score=round(q.score, 4),
+    )
 
 
 @dataclass
@@ -34,6 +60,7 @@ class Estimator:
         self.detector_spec = manifest.detector.model_copy(update=settings.detector_overrides())
         self.detector = DetectorPool(self.detector_spec, size=settings.detector_instances)
         self.spec = manifest.alignment
+        self.quality = settings.quality_thresholds()
         self.info = ModelInfo(name=manifest.name, version=manifest.version, variant=model.variant)
 
     def warm_up(self) -> None:
@@ -47,7 +74,7 @@ class Estimator:
         t0 = time.perf_counter()
         rgb = decode_image(data, max_pixels=self.settings.max_pixels)
         decode_ms = (time.perf_counter() - t0) * 1e3
-        found = find_faces(rgb, self.spec, self.detector, self.settings.max_faces)
+        found = find_faces(rgb, self.spec, self.detector, self.settings.max_faces, self.quality)
         h, w = rgb.shape[:2]
         return _Prepared(w, h, found, decode_ms)
 
@@ -57,7 +84,7 @@ class Estimator:
         return np.stack(crops) if crops else np.zeros((0, s, s, 3), dtype=np.uint8)
 
     def _responses(
-        self, prepared: list[_Prepared], include_distribution: bool, started: float
+        self, prepared: list[_Prepared], include_distribution: bool, started: float, usable_only: bool
     ) -> list[EstimateResponse]:
         crops = self._crops(prepared)
         t0 = time.perf_counter()
@@ -69,8 +96,13 @@ class Estimator:
         i = 0
         for p in prepared:
             faces: list[Face] = []
+            omitted = 0
             for af in p.found.faces:
                 assert preds is not None
+                if usable_only and not af.quality.usable:
+                    omitted += 1
+                    i += 1
+                    continue
                 x, y, w, h = af.face.box
                 faces.append(
                     Face(
@@ -81,6 +113,7 @@ class Estimator:
                         age_interval=AgeInterval(
                             low=float(preds.low[i]), high=float(preds.high[i]), level=level
                         ),
+                        quality=quality_model(af.quality),
                         distribution=AgeDistribution(
                             ages=ages, probabilities=[round(float(v), 6) for v in preds.probabilities[i]]
                         )
@@ -98,6 +131,7 @@ class Estimator:
                     faces=faces,
                     faces_detected=p.found.detected,
                     truncated=p.found.truncated,
+                    faces_unusable_omitted=omitted,
                     timings=Timings(
                         decode_ms=round(p.decode_ms, 2),
                         detect_ms=round(p.found.detect_ms, 2),
@@ -109,12 +143,14 @@ class Estimator:
             )
         return out
 
-    def estimate(self, data: bytes, include_distribution: bool = True) -> EstimateResponse:
+    def estimate(
+        self, data: bytes, include_distribution: bool = True, usable_only: bool = False
+    ) -> EstimateResponse:
         started = time.perf_counter()
-        return self._responses([self._prepare(data)], include_distribution, started)[0]
+        return self._responses([self._prepare(data)], include_distribution, started, usable_only)[0]
 
     def estimate_many(
-        self, items: list[bytes], include_distribution: bool = True
+        self, items: list[bytes], include_distribution: bool = True, usable_only: bool = False
     ) -> list[EstimateResponse | Exception]:
         """Per-image errors are returned in place; all faces of all good images share one model call."""
         started = time.perf_counter()
@@ -125,5 +161,5 @@ class Estimator:
             except ValueError as exc:
                 prepared.append(exc)
         good = [p for p in prepared if isinstance(p, _Prepared)]
-        responses = iter(self._responses(good, include_distribution, started))
+        responses = iter(self._responses(good, include_distribution, started, usable_only))
         return [next(responses) if isinstance(p, _Prepared) else p for p in prepared]

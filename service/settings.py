@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agelens.quality import QualityThresholds
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -48,6 +50,32 @@ class Settings(BaseSettings):
     detector_instances: int = Field(
         1, ge=1, le=64, description="Face detectors per worker, so its requests detect in parallel"
     )
+    # Quality thresholds (agelens.quality.QualityThresholds): the defaults were chosen on val
+    # images degraded by benchmarks/face_quality.py (README, "Face quality").
+    quality_min_eye_distance: float = Field(
+        QualityThresholds().min_eye_distance, ge=0, description="too_small below this eye distance (px)"
+    )
+    quality_min_sharpness: float = Field(
+        QualityThresholds().min_sharpness, ge=0, description="blurred below this sharpness"
+    )
+    quality_max_yaw: float = Field(
+        QualityThresholds().max_yaw, gt=0, description="turned beyond this yaw (degrees)"
+    )
+    quality_max_pitch: float = Field(
+        QualityThresholds().max_pitch, gt=0, description="turned beyond this pitch (degrees)"
+    )
+    quality_min_brightness: float = Field(
+        QualityThresholds().min_brightness, ge=0, le=255, description="too_dark below this mean grey level"
+    )
+    quality_max_brightness: float = Field(
+        QualityThresholds().max_brightness, ge=0, le=255, description="overexposed above this mean grey level"
+    )
+    quality_min_contrast: float = Field(
+        QualityThresholds().min_contrast, ge=0, description="low_contrast below this grey-level std"
+    )
+    quality_min_score: float = Field(
+        QualityThresholds().min_score, ge=0, le=1, description="low_score below this detection score"
+    )
     interval_level: float = Field(0.9, gt=0.0, lt=1.0, description="Probability of the age interval")
     max_concurrency: int = Field(
         16, ge=1, description="Requests in progress or queued per worker; beyond -> 503"
@@ -55,6 +83,12 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins")
     api_key: str | None = Field(None, description="When set, requests need header X-API-Key")
     log_level: str = Field("info")
+
+    def quality_thresholds(self) -> QualityThresholds:
+        prefix = "quality_"
+        return QualityThresholds(
+            **{k[len(prefix) :]: v for k, v in self.model_dump().items() if k.startswith(prefix)}
+        )
 
     def detector_overrides(self) -> dict[str, object]:
         """The detector settings given here, by their manifest (DetectorSpec) names."""

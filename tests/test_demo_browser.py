@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from tests.conftest import faces_in_test_split, needs_dataset
 
@@ -31,8 +31,10 @@ pytestmark = [
     ),
 ]
 
-# Where each face is pasted on the 800x450 canvas, and how large: the boxes must land there.
+# Where each face is pasted on the 800x520 canvas, and how large: the boxes must land there.
 PLACES = [((120, 110), 200), ((470, 90), 220)]
+# A third face, blurred hard: it is found, flagged blurred and greyed out (last in reading order).
+BLURRED_PLACE = ((340, 330), 180)
 
 
 @pytest.fixture
@@ -69,9 +71,12 @@ def browser(tmp_path: Path) -> Iterator[object]:
 
 def two_face_photo(path: Path) -> list[int]:
     faces = faces_in_test_split(5, 9, 1) + faces_in_test_split(60, 70, 1)
-    canvas = Image.new("RGB", (800, 450), (205, 210, 215))
+    canvas = Image.new("RGB", (800, 520), (205, 210, 215))
     for (face_path, _), (xy, size) in zip(faces, PLACES, strict=True):
         canvas.paste(Image.open(face_path).convert("RGB").resize((size, size)), xy)
+    (blur_path, _), (xy, size) = faces_in_test_split(30, 40, 1)[0], BLURRED_PLACE
+    blurred = Image.open(blur_path).convert("RGB").resize((size, size)).filter(ImageFilter.GaussianBlur(6))
+    canvas.paste(blurred, xy)
     canvas.save(path, "JPEG", quality=92)
     return [age for _, age in faces]
 
@@ -88,10 +93,16 @@ def test_demo_uploads_a_photo_and_draws_boxes_ages_and_distributions(
     driver.get(f"{server}/")  # type: ignore[attr-defined]
     assert driver.title == "agelens demo"  # type: ignore[attr-defined]
     driver.find_element(By.ID, "file").send_keys(str(photo))  # type: ignore[attr-defined]
-    WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".box span")) == 2)
+    WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".box span")) == 3)
 
+    # The blurred face is drawn, but dashed and grey, and its card says why.
+    unusable = driver.find_elements(By.CSS_SELECTOR, ".box.unusable")  # type: ignore[attr-defined]
+    assert len(unusable) == 1
+    poor = driver.find_element(By.CSS_SELECTOR, "#faces .face.unusable")  # type: ignore[attr-defined]
+    assert poor.text.startswith("Face #3") and "Unusable: blurred" in poor.text, poor.text
+    assert poor.value_of_css_property("opacity") == "0.55"
     # Boxes are in reading order (top-to-bottom, then left-to-right): the taller-placed face first.
-    boxes = driver.find_elements(By.CSS_SELECTOR, ".box")  # type: ignore[attr-defined]
+    boxes = driver.find_elements(By.CSS_SELECTOR, ".box:not(.unusable)")  # type: ignore[attr-defined]
     img = driver.find_element(By.ID, "photo")  # type: ignore[attr-defined]
     scale = img.size["width"] / 800
     found = []
@@ -108,8 +119,9 @@ def test_demo_uploads_a_photo_and_draws_boxes_ages_and_distributions(
         assert abs(age - true_age) <= 15, (age, true_age)
 
     cards = driver.find_elements(By.CSS_SELECTOR, "#faces .face")  # type: ignore[attr-defined]
-    assert len(cards) == 2
+    assert len(cards) == 3
     assert all(re.search(r"Face #\d: [\d.]+ years \(90 % interval \d+", c.text) for c in cards)
+    assert all("Usable - eyes" in c.text for c in cards[:2])
     # Each distribution canvas was drawn: count the bars' blue pixels.
     blue = driver.execute_script(  # type: ignore[attr-defined]
         """return [...document.querySelectorAll('#faces canvas')].map(c => {
@@ -117,9 +129,9 @@ def test_demo_uploads_a_photo_and_draws_boxes_ages_and_distributions(
              let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] === 0x33 && d[i+2] === 0xcc) n++;
              return n; });"""
     )
-    assert len(blue) == 2 and all(n > 50 for n in blue), blue
+    assert len(blue) == 3 and all(n > 50 for n in blue), blue
     status = driver.find_element(By.ID, "status").text  # type: ignore[attr-defined]
-    assert status.startswith("2 face(s) in") and "agelens-student" in status
+    assert status.startswith("3 face(s) (1 unusable) in") and "agelens-student" in status
 
     shot = os.environ.get("AGELENS_DEMO_SCREENSHOT")
     if shot:

@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from agelens.ages import expected_age, softmax
 from agelens.manifest import Normalisation
-from training.augment import augment, normalise, normalised_batches, to_float
+from training.augment import augment, normalise, normalised_batches, photo_conditions, to_float
 from training.checkpoint import load_resume_state, save_resume_state
 from training.config import ClassifierConfig, DistillConfig
 from training.dataset import NUM_CLASSES, CachedData
@@ -161,10 +161,32 @@ def hint_loss(student_feat: Tensor, teacher_emb: Tensor, kind: str) -> Tensor:
     )
 
 
-def val_mae(model: nn.Module, data: CachedData, norm: Normalisation) -> float:
+def val_mae_by_dataset(model: nn.Module, data: CachedData, norm: Normalisation) -> dict[str, float]:
+    """Val MAE of each dataset."""
     logits = predict_logits(model, data.val.crops, norm)
-    pred = expected_age(softmax(logits), np.arange(NUM_CLASSES))
-    return float(np.abs(pred - data.val.ages.numpy()).mean())
+    err = np.abs(expected_age(softmax(logits), np.arange(NUM_CLASSES)) - data.val.ages.numpy())
+    source = data.val.source.numpy()
+    return {
+        name: float(err[source == i].mean()) for i, name in enumerate(data.datasets) if (source == i).any()
+    }
+
+
+def val_mae(model: nn.Module, data: CachedData, norm: Normalisation) -> float:
+    """The model-selection score: the mean of the datasets' val MAE, so that a mixture is chosen
+    for every population it serves, not for the largest one (one dataset: its val MAE)."""
+    return float(np.mean(list(val_mae_by_dataset(model, data, norm).values())))
+
+
+def epoch_order(data: CachedData, shares: list[float] | None, gen: torch.Generator) -> Tensor:
+    """The training faces of one epoch: a permutation, or with dataset shares a draw (with
+    replacement) in which each dataset takes its share and its faces are drawn alike."""
+    n = len(data.train)
+    if shares is None:
+        return torch.randperm(n, generator=gen)
+    source = data.train.source
+    counts = torch.bincount(source, minlength=len(shares)).double()
+    weights = torch.tensor(shares, dtype=torch.float64)[source] / counts[source]
+    return torch.multinomial(weights, n, replacement=True, generator=gen)
 
 
 def train_classifier(
@@ -176,6 +198,7 @@ def train_classifier(
     distill: DistillConfig | None = None,
     device: torch.device | None = None,
     online: OnlineTeachers | None = None,
+    shares: list[float] | None = None,
 ) -> AgeClassifier:
     """Train, keep the epoch with the best val MAE, and return that model (loaded from best.pt,
     on the CPU: evaluation and export run there). Teachers give offline `targets` (per cached
@@ -255,7 +278,7 @@ def train_classifier(
         if adapter is not None:
             adapter.train()
         t0 = time.time()
-        perm = torch.randperm(n, generator=gen)
+        perm = epoch_order(data, shares, gen)
         # Summed on the device and read once per epoch: a float() per step would make the
         # host wait for the GPU after every step.
         zero = torch.zeros((), device=device)
@@ -263,6 +286,8 @@ def train_classifier(
         for step in range(steps_per_epoch):
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             xa, flipped = augment(to_float(data.train.crops[idx].to(device, non_blocking=True)), gen)
+            if cfg.photo > 0:
+                xa = photo_conditions(xa, gen, cfg.photo)
             x = normalise(xa, norm).contiguous(memory_format=torch.channels_last)
             y = data.train.ages[idx].to(device, non_blocking=True)
             mix: tuple[float, Tensor] | None = None
@@ -307,7 +332,8 @@ def train_classifier(
             update_bn(normalised_batches(data.train.crops, norm, device, 512), averaged)
         # With EMA or SWA on, the averaged weights are what gets validated, kept and exported.
         kept: nn.Module = averaged.module if averaged is not None else model
-        mae = val_mae(kept, data, norm)
+        by_dataset = val_mae_by_dataset(kept, data, norm)
+        mae = float(np.mean(list(by_dataset.values())))
         improved = mae < best
         if improved:
             best = mae
@@ -319,6 +345,11 @@ def train_classifier(
         rec.update(
             epoch=epoch,
             val_mae=round(mae, 4),
+            **(
+                {"val_mae_by_dataset": {k: round(v, 4) for k, v in by_dataset.items()}}
+                if len(by_dataset) > 1
+                else {}
+            ),
             seconds=round(time.time() - t0, 1),
             lr=opt.param_groups[0]["lr"],
         )

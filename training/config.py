@@ -25,10 +25,43 @@ class DataConfig(BaseModel):
     description: str = "UTKFace (Aligned & Cropped), committed split training/splits/utkface.csv"
     # Keep only this many records per split part (0 = all): the smoke config uses it.
     limit_per_split: int = 0
+    # Train on several datasets of training/datasets.toml at once: name -> its share of the
+    # training draws (normalised; each face of a dataset is drawn alike). Each dataset keeps its
+    # registry split and cache, and the fields root, split and cache above are not used. Empty:
+    # the one dataset described by those fields.
+    datasets: dict[str, float] = {}
     # Train on this share of the train part only (val and test stay whole): the learning-curve
     # probe, which asks what more faces would buy (research/learning_curve).
     train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     workers: int = 2
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> DataConfig:
+        if self.datasets:
+            from training.datasets import load_registry
+
+            unknown = sorted(set(self.datasets) - set(load_registry()))
+            if unknown:
+                raise ValueError(f"datasets not in training/datasets.toml: {unknown}")
+            if any(w <= 0 for w in self.datasets.values()):
+                raise ValueError("dataset shares must be > 0")
+        return self
+
+    def caches(self) -> dict[str, Path]:
+        """Dataset name -> crop cache, in the order of the datasets' index."""
+        if not self.datasets:
+            return {self.kind if self.kind != "csv" else self.cache.name: self.cache}
+        from training.datasets import load_registry
+
+        registry = load_registry()
+        return {name: registry[name].cache for name in self.datasets}
+
+    def shares(self) -> list[float] | None:
+        """Each dataset's share of the training draws (None: every face alike, one dataset)."""
+        if len(self.datasets) < 2:
+            return None
+        total = sum(self.datasets.values())
+        return [w / total for w in self.datasets.values()]
 
 
 class ClassifierConfig(BaseModel):
@@ -53,6 +86,10 @@ class ClassifierConfig(BaseModel):
     # uniform in [0, 1]); the label loss is mixed the same way. With online teachers (born-again
     # `online`) the teachers see the same mixed images: "function matching" (Beyer et al., 2022).
     mixup: float = Field(0.0, ge=0.0, le=1.0)
+    # Probability that a training face gets the look of a real upload on top of the usual jitter:
+    # greyscale, blur, low resolution, a colour cast, a faded print, JPEG down to quality 30
+    # (augment.photo_conditions). Online teachers see the same degraded batch.
+    photo: float = Field(0.0, ge=0.0, le=1.0)
     # Warm start: the weights of this best.pt (same architecture) instead of a random start. A
     # later generation can then continue an earlier one rather than repeat its whole schedule.
     init_from: Path | None = None
@@ -86,6 +123,11 @@ class OrdinalConfig(BaseModel):
     weight_decay: float = 0.05
     eval_sequences: int = 2000
     seed: int = 0
+    # Warm start of the encoder from a registered student (.onnx) whose backbone has these
+    # widths, blocks and stem: it already orders faces by age, so the pretext task on new data
+    # converges in a few epochs instead of the dozens a random start needs.
+    init_encoder_from: Path | None = None
+    photo: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class DistillConfig(BaseModel):
@@ -208,6 +250,9 @@ class PipelineConfig(BaseModel):
     teacher_dir: Path | None = None
     # "auto": the CUDA GPU when torch sees one, else the CPU. The same code runs on both.
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    # The stages a plain `agelens train --config` runs, when the recipe is not every stage (the
+    # mixture recipe's student is the online `born_again` stage, so it skips `student`).
+    stages: list[str] | None = None
 
     @model_validator(mode="after")
     def _born_again_averages_one_way(self) -> PipelineConfig:

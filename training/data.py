@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,8 +73,10 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_utkface_split(root: Path) -> tuple[list[Record], dict[str, int]]:
-    """Scan a UTKFace-named folder and assign each file a split.
+def build_utkface_split(
+    root: Path, parse: Callable[[str], tuple[int, int | None, int | None]] = parse_utkface_name
+) -> tuple[list[Record], dict[str, int]]:
+    """Scan a folder of labelled file names (UTKFace's by default) and assign each file a split.
 
     Byte-identical files form a group: the group is split by its first filename, so copies never
     cross parts; groups whose copies disagree on age are dropped (the label is unknowable).
@@ -87,7 +89,7 @@ def build_utkface_split(root: Path) -> tuple[list[Record], dict[str, int]]:
     stats = {"files": len(files), "duplicate_groups": 0, "dropped_conflicting": 0}
     for members in groups.values():
         members.sort(key=lambda p: p.name)
-        parsed = [parse_utkface_name(p.name) for p in members]
+        parsed = [parse(p.name) for p in members]
         if len(members) > 1:
             stats["duplicate_groups"] += 1
             if len({a for a, _, _ in parsed}) > 1:

@@ -25,9 +25,22 @@ class Part:
     crops: Tensor  # (N, S, S, 3) uint8
     ages: Tensor  # (N,) int64, clipped to 0..100
     records: list[Record]
+    # Index into CachedData.datasets of each face's dataset (all 0 for one dataset).
+    source: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+
+    def __post_init__(self) -> None:
+        if len(self.source) != len(self.records):
+            self.source = torch.zeros(len(self.records), dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def of(self, source: int) -> Part:
+        """The faces of one dataset."""
+        idx = torch.nonzero(self.source == source).flatten()
+        return Part(
+            self.crops[idx], self.ages[idx], [self.records[i] for i in idx.tolist()], self.source[idx]
+        )
 
 
 @dataclass
@@ -37,9 +50,43 @@ class CachedData:
     test: Part
     spec: AlignmentSpec
     detector: DetectorSpec = field(default_factory=DetectorSpec)
+    # The datasets the faces come from, in the order of Part.source.
+    datasets: list[str] = field(default_factory=lambda: ["data"])
 
     def part(self, name: str) -> Part:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def by_dataset(self, name: str) -> dict[str, Part]:
+        """One split part per dataset, keyed by dataset name."""
+        part = self.part(name)
+        return {d: part.of(i) for i, d in enumerate(self.datasets)}
+
+
+def concat_parts(parts: list[Part]) -> Part:
+    return Part(
+        torch.cat([p.crops for p in parts]),
+        torch.cat([p.ages for p in parts]),
+        [r for p in parts for r in p.records],
+        torch.cat([torch.full((len(p),), i, dtype=torch.int64) for i, p in enumerate(parts)]),
+    )
+
+
+def load_mixture(
+    caches: dict[str, Path], limit_per_split: int = 0, train_fraction: float = 1.0
+) -> CachedData:
+    """Several datasets' caches as one, each face tagged with its dataset. The caches must share
+    their alignment and detector settings: one model sees all of them."""
+    loaded = {name: load_data(path, limit_per_split, train_fraction) for name, path in caches.items()}
+    first = next(iter(loaded.values()))
+    for name, d in loaded.items():
+        if (d.spec, d.detector) != (first.spec, first.detector):
+            raise ValueError(f"cache of {name} was built with other alignment or detector settings")
+    if len(loaded) == 1:
+        return CachedData(first.train, first.val, first.test, first.spec, first.detector, list(loaded))
+    parts = {
+        split: concat_parts([d.part(split) for d in loaded.values()]) for split in ("train", "val", "test")
+    }
+    return CachedData(parts["train"], parts["val"], parts["test"], first.spec, first.detector, list(loaded))
 
 
 def age_stratified_subset(idx: NDArray[np.int64], ages: list[int], fraction: float) -> NDArray[np.int64]:

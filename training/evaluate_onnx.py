@@ -21,6 +21,8 @@ from agelens.faces import FaceDetector
 from agelens.manifest import ModelManifest
 from training.data import Record, read_split
 from training.dataset import CachedData, load_data
+from training.dataset_report import dataset_report
+from training.datasets import load_registry
 from training.evaluate import demographic_metrics, served_metrics
 from training.prepare import largest_face
 
@@ -109,3 +111,44 @@ def evaluate_on_images(
     logits = model.logits(np.stack(crops))
     source = {"images": str(image_root), "split_file": str(split_file), "no_face": len(missed)}
     return report(manifest, variant, logits, kept, split, source)
+
+
+def evaluate_datasets(
+    model_dir: Path,
+    names: list[str],
+    split: str = "test",
+    variant: Literal["fp32", "int8"] = "fp32",
+) -> dict:
+    """A model-store entry on each registry dataset's cached split, one report per dataset
+    (training/dataset_report.py): what the model card gives, measured on the shipped file."""
+    registry = load_registry()
+    model = load_model(model_dir, variant)
+    manifest = model.manifest
+    ages = np.asarray(manifest.ages, dtype=np.float64)
+    out: dict[str, object] = {
+        "model": f"{manifest.name}/{manifest.version}",
+        "variant": variant,
+        "split": split,
+    }
+    reports = {}
+    for name in names:
+        entry = registry[name]
+        data = load_data(entry.cache)
+        if (data.spec, data.detector) != (manifest.alignment, manifest.detector):
+            raise ValueError(
+                f"the {name} cache was built with other settings than the manifest's: rebuild it"
+            )
+        part = data.part(split)
+        logits = model.logits(part.crops.numpy())
+        reports[name] = dataset_report(
+            name, logits, part, ages, manifest.temperature, manifest.estimate_temperature, split
+        ).model_dump()
+    out["datasets"] = reports
+    maes = [r["metrics"]["mae"] for r in reports.values()]
+    out["mean_mae"] = round(float(np.mean(maes)), 4)
+    return out
+
+
+def cached_datasets() -> list[str]:
+    """The registry's datasets whose crop cache has been built (`agelens prepare --dataset`)."""
+    return [name for name, e in load_registry().items() if (e.cache / "crops.npy").is_file()]

@@ -4,6 +4,7 @@ ships, and register it in the model store with its manifest and model card."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import shutil
@@ -32,6 +33,8 @@ from agelens.manifest import (
 from training.augment import normalise, to_float
 from training.config import PipelineConfig
 from training.dataset import AGES, NORM, CachedData
+from training.dataset_report import reports_by_dataset
+from training.datasets import load_registry
 from training.evaluate import (
     choose_estimate_temperature,
     demographic_metrics,
@@ -365,6 +368,10 @@ def export_classifier(
     metrics.extra["val_mae_calibrated_softmax"] = val_maes["calibrated"]
     metrics.extra["test_mae_raw_softmax"] = mae_at_temperature(test_logits, test_true, AGES, 1.0)
     demo = demographic_metrics(softmax(test_logits, estimate_t), data.test.records, AGES)
+    by_dataset = reports_by_dataset(test_logits, data.test, data.datasets, AGES, temperature, estimate_t)
+    for name, rep in by_dataset.items():
+        metrics.extra[f"{name}_test_mae"] = rep.metrics.mae
+        metrics.extra[f"{name}_coverage90_calibrated"] = rep.metrics.extra["coverage90_calibrated"]
     notes: dict[str, str | float | int] = {
         "description": description,
         "test_time_augmentation": views.describe(),
@@ -383,7 +390,14 @@ def export_classifier(
     if quantize if quantize is not None else ex.quantize:
         int8_path = work / "model.int8.onnx"
         int8 = (int8_path, int8_variant(fp32_path, int8_path, data, NORM, temperature, estimate_t))
-    split_sha = sha256_file(cfg.data.split) if cfg.data.split.exists() else ""
+    registry = load_registry()
+    entries = [registry[name] for name in data.datasets if name in registry]
+    split_files = [e.split for e in entries] if cfg.data.datasets else [cfg.data.split]
+    # One split: its sha256; several: the sha256 of their sha256s, in the datasets' order.
+    shas = [sha256_file(f) for f in split_files if f.exists()]
+    split_sha = (
+        shas[0] if len(shas) == 1 else hashlib.sha256("".join(shas).encode()).hexdigest() if shas else ""
+    )
     card = render_card(
         ex.name,
         version,
@@ -397,6 +411,8 @@ def export_classifier(
         extra_card,
         estimate_t,
         int8[1] if int8 else None,
+        entries,
+        by_dataset,
     )
     dest = register(
         onnx_path,
@@ -421,6 +437,7 @@ def export_classifier(
             {
                 "test": metrics.model_dump(),
                 "demographics": {k: [b.model_dump() for b in v] for k, v in demo.items()},
+                "by_dataset": {k: v.model_dump() for k, v in by_dataset.items()},
             },
             indent=2,
         )

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from agelens.manifest import AgeBand, AlignmentSpec, Int8Variant, Metrics
+from training.dataset_report import DatasetReport
+from training.datasets import DatasetEntry
+
+SPLIT_RULES = {
+    "hash": "70/10/20 by filename hash; byte-identical duplicates kept in one part, duplicate groups "
+    "with conflicting ages dropped",
+    "stratified": "about 70/10/20 within each age band and gender; near-identical images (perceptual "
+    "hash) kept in one part",
+}
 
 
 def _table(rows: list[AgeBand], head: str) -> str:
@@ -28,6 +37,39 @@ def _estimate_line(estimate_temperature: float, metrics: Metrics) -> str:
     )
 
 
+PER_DATASET = (
+    "Each dataset's test split, as the service answers: the age at the estimate temperature, the "
+    "interval at the calibrated one."
+)
+
+
+def data_section(entries: list[DatasetEntry]) -> str:
+    """Each training dataset, its split and its terms, from the registry."""
+    lines = []
+    for e in entries:
+        lines.append(
+            f"- **{e.title}** (`{e.name}`): committed split `{e.split}` ({SPLIT_RULES[e.split_rule]}). "
+            f"Terms: {e.terms}"
+        )
+    return "\n".join(lines)
+
+
+def test_section(reports: dict[str, DatasetReport]) -> str:
+    """Per dataset: the served metrics, the age bands with their signed error, and the groups."""
+    out = []
+    for r in reports.values():
+        m = r.metrics
+        out.append(f"### {r.title} (n = {m.n})")
+        out.append(
+            f"- MAE **{m.mae:.2f}** years; CS@5 **{m.cs5:.3f}**; the 90 % interval covers "
+            f"{m.extra.get('coverage90_calibrated', float('nan')):.1%} of the test faces\n"
+        )
+        out.append(_table(m.bands, "Age band") + "\n")
+        for key, rows in r.groups.items():
+            out.append(_table(rows, f"{key.capitalize()} ({r.dataset} label)") + "\n")
+    return "\n".join(out)
+
+
 def render_card(
     name: str,
     version: str,
@@ -41,6 +83,8 @@ def render_card(
     extra: str = "",
     estimate_temperature: float = 1.0,
     int8_variant: Int8Variant | None = None,
+    datasets: list[DatasetEntry] | None = None,
+    by_dataset: dict[str, DatasetReport] | None = None,
 ) -> str:
     int8 = ""
     if int8_variant is not None:
@@ -64,12 +108,11 @@ services, law enforcement, employment, insurance). Errors of 5+ years are common
 and are larger for some groups.
 
 ## Data and terms
-Trained and evaluated on UTKFace ("Aligned & Cropped Faces"), committed split
-`training/splits/utkface.csv` (70/10/20 by filename hash; byte-identical duplicates kept in one
-part, duplicate groups with conflicting ages dropped). **UTKFace is available for non-commercial
-research purposes only**; its images belong to their owners. These weights are derived from it
-and inherit that restriction: do not use them commercially. UTKFace's ages were estimated by the
-DEX algorithm and checked by a person, so they are apparent, not verified chronological, ages.
+{data_section(datasets) if datasets else ""}
+
+The weights are derived from these images and inherit their terms: **non-commercial research use
+only**. Age labels are annotations of unknown precision (UTKFace's were estimated by the DEX
+algorithm and checked by a person), so they are apparent, not verified chronological, ages.
 
 ## Model
 - Input: {spec.crop_size}x{spec.crop_size} RGB face crop, aligned by a similarity transform of
@@ -84,19 +127,16 @@ DEX algorithm and checked by a person, so they are apparent, not verified chrono
 {int8}- Uncertainty: softmax temperature {temperature:.3f}, fitted on val so the 90 % interval covers
   90 % of val faces. {_estimate_line(estimate_temperature, metrics)}
 
-## Test metrics (n = {metrics.n})
-- MAE: **{metrics.mae:.2f}** years; CS@5: **{metrics.cs5:.3f}**
-- 90 % interval coverage on test: {metrics.extra.get("coverage90_calibrated", float("nan")):.3f} calibrated
-  ({metrics.extra.get("coverage90_uncalibrated", float("nan")):.3f} before calibration)
+## Test metrics
+{PER_DATASET if by_dataset else ""}
+Pooled over the test splits (n = {metrics.n}): MAE **{metrics.mae:.2f}**, CS@5 **{metrics.cs5:.3f}**,
+90 % interval coverage {metrics.extra.get("coverage90_calibrated", float("nan")):.3f}
+({metrics.extra.get("coverage90_uncalibrated", float("nan")):.3f} before calibration).
 
-{_table(metrics.bands, "Age band")}
-
-{_table(demo.get("gender", []), "Gender (UTKFace label)")}
-
-{_table(demo.get("race", []), "Race group (UTKFace label)")}
-
+{test_section(by_dataset) if by_dataset else _table(metrics.bands, "Age band")}
 ## Known limits
-- UTKFace has few faces over 80 and few of some groups: those estimates are least reliable.
+- The training faces are mostly White (UTKFace) and East Asian (All-Age-Faces where used) and
+  few are over 80: estimates for other groups and the oldest are least reliable.
 - Estimates are pulled toward the ages most training faces have: the mean signed error by age
   band (above) says by how much the oldest are estimated too young and teenagers too old.
 - Apparent age: make-up, lighting, blur and expression move estimates.

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agelens.manifest import Normalisation
-from training.augment import augment, normalise, to_float
+from training.augment import augment, normalise, photo_conditions, to_float
 from training.checkpoint import load_resume_state, save_resume_state
 from training.config import OrdinalConfig
 from training.dataset import Part
@@ -90,10 +90,35 @@ def order_accuracy(
 
 
 def _batch(
-    part: Part, idx: Tensor, k: int, norm: Normalisation, gen: torch.Generator, device: torch.device
+    part: Part,
+    idx: Tensor,
+    k: int,
+    norm: Normalisation,
+    gen: torch.Generator,
+    device: torch.device,
+    photo: float = 0.0,
 ) -> Tensor:
-    x = normalise(augment(to_float(part.crops[idx.flatten()].to(device, non_blocking=True)), gen)[0], norm)
+    x = augment(to_float(part.crops[idx.flatten()].to(device, non_blocking=True)), gen)[0]
+    if photo > 0:
+        x = photo_conditions(x, gen, photo)
+    x = normalise(x, norm)
     return x.view(len(idx), k, *x.shape[1:])
+
+
+def warm_encoder(model: OrdinalTeacher, cfg: OrdinalConfig, crops: Tensor, norm: Normalisation) -> None:
+    """Copy a registered student's backbone into the teacher's encoder (`init_encoder_from`)."""
+    from training.config import ClassifierConfig
+    from training.onnx_import import student_from_onnx
+
+    assert cfg.init_encoder_from is not None
+    student = student_from_onnx(
+        cfg.init_encoder_from,
+        ClassifierConfig(widths=cfg.widths, blocks=cfg.blocks, stem=cfg.stem),
+        crops,
+        norm,
+    )
+    model.encoder.load_state_dict(student.backbone.state_dict())
+    log.info("ordinal teacher: encoder starts from %s", cfg.init_encoder_from)
 
 
 def train_ordinal_teacher(
@@ -108,7 +133,10 @@ def train_ordinal_teacher(
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
-    model = build_ordinal_teacher(cfg).to(device)
+    model = build_ordinal_teacher(cfg)
+    if cfg.init_encoder_from is not None:
+        warm_encoder(model, cfg, train.crops, norm)
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, cfg.sequences_per_epoch // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -137,7 +165,7 @@ def train_ordinal_teacher(
         correct = torch.zeros((), dtype=torch.int64, device=device)
         for step in range(steps_per_epoch):
             sl = slice(step * cfg.batch_size, (step + 1) * cfg.batch_size)
-            x = _batch(train, torch.from_numpy(seqs[sl]), cfg.k, norm, gen, device)
+            x = _batch(train, torch.from_numpy(seqs[sl]), cfg.k, norm, gen, device, cfg.photo)
             y = torch.from_numpy(labels[sl]).to(device, non_blocking=True)
             logits = model(x)
             loss = F.cross_entropy(logits, y)

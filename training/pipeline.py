@@ -30,7 +30,8 @@ from training.classifier import (
 )
 from training.config import ClassifierConfig, DistillConfig, OrdinalConfig, PipelineConfig
 from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
-from training.dataset import AGES, NORM, CachedData, load_data
+from training.dataset import AGES, NORM, CachedData, load_data, load_mixture
+from training.datasets import ensure_split, load_registry
 from training.device import module_device, resolve_device
 from training.evaluate import compute_metrics, mean_std, predict_logits
 from training.export import export_classifier
@@ -58,6 +59,11 @@ def teacher_stages_refusal(cfg: PipelineConfig, stages: list[str]) -> str | None
 def default_stages(cfg: PipelineConfig) -> list[str]:
     """Every stage. A config that reads its teachers from another run (`teacher_dir`) is a later
     student generation: the teachers and the first-generation student belong to that run."""
+    if cfg.stages is not None:
+        unknown = set(cfg.stages) - set(STAGES)
+        if unknown:
+            raise ValueError(f"unknown stages in the config: {sorted(unknown)}")
+        return [s for s in STAGES if s in cfg.stages]
     if cfg.teacher_dir is None:
         return list(STAGES)
     return [s for s in STAGES if s not in (*TEACHER_STAGES, "student")]
@@ -82,11 +88,12 @@ def limit_records(records: list, per_split: int) -> list:
 def stage_prepare(cfg: PipelineConfig) -> None:
     d = cfg.data
     spec = AlignmentSpec(crop_size=d.crop_size, margin=d.margin)
-    if (d.cache / "crops.npy").exists():
-        if cache_settings(d.cache) == (spec, d.detector):
-            log.info("prepare: cache %s is up to date", d.cache)
-            return
-        log.info("prepare: cache %s was built with other alignment or detector settings; rebuilding", d.cache)
+    if d.datasets:
+        registry = load_registry()
+        for name in d.datasets:
+            entry = registry[name]
+            prepare_cache(ensure_split(entry), entry.root, entry.cache, spec, cfg)
+        return
     if d.kind == "utkface":
         if d.split.exists():
             records = read_split(d.split)
@@ -96,18 +103,41 @@ def stage_prepare(cfg: PipelineConfig) -> None:
             log.info("prepare: wrote split %s (%s)", d.split, stats)
     else:
         records = read_csv_manifest(d.split)
+    prepare_cache(records, d.root, d.cache, spec, cfg)
+
+
+def prepare_cache(records: list, root: Path, cache: Path, spec: AlignmentSpec, cfg: PipelineConfig) -> None:
+    """Build one dataset's crop cache, unless it exists with these settings."""
+    d = cfg.data
+    if (cache / "crops.npy").exists():
+        if cache_settings(cache) == (spec, d.detector):
+            log.info("prepare: cache %s is up to date", cache)
+            return
+        log.info("prepare: cache %s was built with other alignment or detector settings; rebuilding", cache)
     if d.limit_per_split:
         records = limit_records(records, d.limit_per_split)
-    stats = build_cache(records, d.root, d.cache, spec, d.detector, workers=d.workers)
+    stats = build_cache(records, root, cache, spec, d.detector, workers=d.workers)
     log.info(
-        "prepare: detection rate %.4f (%d/%d)", stats["detection_rate"], stats["detected"], stats["images"]
+        "prepare: %s detection rate %.4f (%d/%d)",
+        cache,
+        stats["detection_rate"],
+        stats["detected"],
+        stats["images"],
     )
 
 
 def test_report(model: AgeClassifier, data: CachedData) -> dict:
+    """Test metrics of a trained network (one pass), overall and, for a mixture, per dataset."""
     logits = predict_logits(model, data.test.crops, NORM)
-    m = compute_metrics(softmax(logits), data.test.ages.numpy(), AGES)
-    return m.model_dump()
+    probs = softmax(logits)
+    rep = compute_metrics(probs, data.test.ages.numpy(), AGES).model_dump()
+    if len(data.datasets) > 1:
+        source = data.test.source.numpy()
+        rep["by_dataset"] = {
+            name: compute_metrics(probs[source == i], data.test.ages.numpy()[source == i], AGES).model_dump()
+            for i, name in enumerate(data.datasets)
+        }
+    return rep
 
 
 def run_classifier(
@@ -118,13 +148,14 @@ def run_classifier(
     distill: DistillConfig | None = None,
     device: torch.device | None = None,
     online: OnlineTeachers | None = None,
+    shares: list[float] | None = None,
 ) -> dict:
     """Train (or resume) one classifier and return its test report (cached in result.json)."""
     result = out / "result.json"
     if result.exists():
         return json.loads(result.read_text())
     t0 = time.time()
-    model = train_classifier(cfg, data, NORM, out, targets, distill, device, online)
+    model = train_classifier(cfg, data, NORM, out, targets, distill, device, online, shares)
     rep = test_report(model, data)
     rep["train_seconds"] = round(time.time() - t0, 1)
     _write_json(result, rep)
@@ -132,7 +163,13 @@ def run_classifier(
 
 
 def stage_dk_teacher(cfg: PipelineConfig, data: CachedData) -> dict:
-    rep = run_classifier(cfg.dk_teacher, data, cfg.run_dir / "dk_teacher", device=resolve_device(cfg.device))
+    rep = run_classifier(
+        cfg.dk_teacher,
+        data,
+        cfg.run_dir / "dk_teacher",
+        device=resolve_device(cfg.device),
+        shares=cfg.data.shares(),
+    )
     log.info("dark-knowledge teacher: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
     return rep
 
@@ -216,7 +253,13 @@ def teacher_targets(cfg: PipelineConfig, data: CachedData, need_dk: bool, need_o
 
 def stage_student(cfg: PipelineConfig, data: CachedData, targets: TeacherTargets) -> dict:
     rep = run_classifier(
-        cfg.student, data, cfg.run_dir / "student", targets, cfg.distill, resolve_device(cfg.device)
+        cfg.student,
+        data,
+        cfg.run_dir / "student",
+        targets,
+        cfg.distill,
+        resolve_device(cfg.device),
+        shares=cfg.data.shares(),
     )
     log.info("distilled student: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
     return rep
@@ -323,7 +366,7 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     for name, seed in born_again_runs(cfg):
         scfg = cfg.student.model_copy(update={"epochs": ba.epochs, "ema_decay": ba.ema_decay, "seed": seed})
         out = cfg.run_dir / name
-        rep = run_classifier(scfg, data, out, targets, cfg.distill, device, online)
+        rep = run_classifier(scfg, data, out, targets, cfg.distill, device, online, cfg.data.shares())
         rep["teacher_ensemble_test"] = {"mae": teacher_rep.mae, "cs5": teacher_rep.cs5}
         rep["best_val_mae"] = best_val_mae(out / "history.jsonl")
         _write_json(out / "result.json", rep)
@@ -358,7 +401,9 @@ def stage_ablation(cfg: PipelineConfig, data: CachedData, targets: TeacherTarget
             scfg = cfg.student.model_copy(update={"epochs": ab.epochs, "seed": seed})
             dcfg = cfg.distill.model_copy(update={"alpha": ab.alpha * use_a, "beta": ab.beta * use_b})
             out_dir = cfg.run_dir / "ablation" / f"{arm}_seed{seed}"
-            rep = run_classifier(scfg, data, out_dir, targets, dcfg, resolve_device(cfg.device))
+            rep = run_classifier(
+                scfg, data, out_dir, targets, dcfg, resolve_device(cfg.device), shares=cfg.data.shares()
+            )
             # The arms are compared on val (choices are made there, never on test).
             rep["best_val_mae"] = best_val_mae(out_dir / "history.jsonl")
             runs.append(rep)
@@ -434,7 +479,7 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         raise ValueError(refusal)
     if "prepare" in stages:
         stage_prepare(cfg)
-    data = load_data(cfg.data.cache, cfg.data.limit_per_split, cfg.data.train_fraction)
+    data = load_mixture(cfg.data.caches(), cfg.data.limit_per_split, cfg.data.train_fraction)
     log.info("data: train %d, val %d, test %d", len(data.train), len(data.val), len(data.test))
     summary: dict = {}
     if "dk_teacher" in stages:

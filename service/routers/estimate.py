@@ -22,6 +22,12 @@ ERRORS = {
     503: {"model": ErrorResponse, "description": "Over capacity or still loading (see Retry-After)"},
 }
 Distribution = Annotated[bool, Query(description="Include each face's full age distribution")]
+UsableOnly = Annotated[
+    bool,
+    Query(
+        description="Leave out faces whose quality is not usable; their number is in faces_unusable_omitted"
+    ),
+]
 
 
 def _observe(request: Request, result: EstimateResponse) -> None:
@@ -49,10 +55,11 @@ async def estimate(
     estimator: Annotated[Estimator, Depends(get_estimator)],
     _slot: Annotated[None, Depends(concurrency_slot)],
     distribution: Distribution = True,
+    usable_only: UsableOnly = False,
 ) -> ModelResponse:
     data = await image.read()
     try:
-        result = await run_in_turn(request, estimator.estimate, data, distribution)
+        result = await run_in_turn(request, estimator.estimate, data, distribution, usable_only)
     except ValueError as exc:
         raise image_error(exc) from exc
     _observe(request, result)
@@ -71,13 +78,14 @@ async def estimate_batch(
     estimator: Annotated[Estimator, Depends(get_estimator)],
     _slot: Annotated[None, Depends(concurrency_slot)],
     distribution: Distribution = True,
+    usable_only: UsableOnly = False,
 ) -> ModelResponse:
     limit = request.app.state.settings.max_batch_images
     if len(images) > limit:
         raise ApiError(413, "too_many_images", f"{len(images)} images sent; the limit is {limit} per batch")
     started = time.perf_counter()
     blobs = [await f.read() for f in images]
-    results = await run_in_turn(request, estimator.estimate_many, blobs, distribution)
+    results = await run_in_turn(request, estimator.estimate_many, blobs, distribution, usable_only)
     items = []
     for i, (f, res) in enumerate(zip(images, results, strict=True)):
         if isinstance(res, EstimateResponse):
