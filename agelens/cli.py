@@ -73,6 +73,46 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    try:
+        from service.bulk.job import run_job
+        from service.settings import Settings
+    except ImportError as exc:
+        print(f"agelens batch needs the batch extra: pip install '.[batch]' ({exc})", file=sys.stderr)
+        return 2
+    overrides = {"model_version": args.model_version, "model_variant": args.variant}
+    # One ONNX Runtime and OpenCV thread per worker process: the processes are the parallelism.
+    settings = Settings(**{k: v for k, v in overrides.items() if v}, ort_threads=1, opencv_threads=1)
+    out = Path(args.out)
+    try:
+        summary = run_job(
+            args.inputs,
+            out,
+            settings,
+            args.engine,
+            args.workers,
+            args.batch_size,
+            args.address,
+            not args.quiet,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {out} holds every finished batch; run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{summary.processed} images in {summary.seconds:.1f} s ({summary.images_per_second:.1f} images/s): "
+        f"{summary.faces} faces, {summary.errors} images without a face or unreadable"
+        + (f"; {summary.skipped} already in {out}, skipped" if summary.skipped else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     _setup_logging()
     from agelens.manifest import AlignmentSpec
@@ -249,6 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-distribution", action="store_true", help="leave the distribution out of --json")
     e.add_argument("--usable-only", action="store_true", help="leave out faces whose quality is not usable")
     e.set_defaults(func=cmd_estimate)
+
+    b = sub.add_parser(
+        "batch",
+        help="score many images in process (no HTTP): one row per face, resumable",
+        description="Score files, folders (recursive) and CSV files of paths (column 'path') with the "
+        "service's face path and model, without HTTP. Writes one row per face, and one row per image "
+        "that is unreadable or has no face. Run it again with the same --out to resume.",
+    )
+    b.add_argument("inputs", nargs="+", help="image files, folders, or CSV files with a 'path' column")
+    b.add_argument("--out", required=True, help="results.jsonl, results.csv or results.parquet (a folder)")
+    b.add_argument("--engine", choices=["local", "ray"], default="local", help="in process, or on Ray")
+    b.add_argument("--address", help="Ray cluster to join (e.g. auto); default: a local Ray instance")
+    b.add_argument("--workers", type=int, default=0, help="worker processes or Ray actors (0 = one per core)")
+    b.add_argument("--batch-size", type=int, default=32, help="images per batch (the unit a resume may redo)")
+    b.add_argument("--model-version", help="as AGELENS_MODEL_VERSION (default: latest)")
+    b.add_argument("--variant", choices=["auto", "fp32", "int8"], help="as AGELENS_MODEL_VARIANT")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_batch)
 
     pr = sub.add_parser("prepare", help="detect, align and cache the faces of a dataset")
     src = pr.add_mutually_exclusive_group(required=True)

@@ -19,6 +19,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Formats we decode. Anything else Pillow might open (PSD, EPS via Ghostscript, ...) is refused:
 # a smaller attack surface, and nothing a face photo needs.
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+# File name suffixes of those formats: what a folder scan (`agelens batch`) treats as an image.
+SUPPORTED_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mpo"}
+)
 
 
 class ImageDecodeError(ValueError):

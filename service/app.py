@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import cv2
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
@@ -16,10 +15,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from agelens import __version__
-from agelens.age_model import AgeModel
-from agelens.model_store import resolve_model_dir
 from service.errors import install_error_handlers
-from service.estimator import Estimator
+from service.estimator import load_estimator
 from service.logging_config import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -29,20 +26,6 @@ from service.settings import Settings, get_settings
 
 log = logging.getLogger("agelens.service")
 STATIC = Path(__file__).parent / "static"
-
-
-def load_estimator(settings: Settings) -> Estimator:
-    # OpenCV's default pool (one thread per core) splits full-image operations across threads
-    # that spin after every job: CPU the other worker needs, since each worker already keeps one
-    # core busy (benchmarks/results/opencv_threads.json: 1.8 ms of CPU per request beyond wall
-    # time for a colour conversion on the pool; none with one thread).
-    cv2.setNumThreads(settings.opencv_threads or -1)
-    model_dir = resolve_model_dir(settings.model_store, settings.model_name, settings.model_version)
-    model = AgeModel(model_dir, settings.model_variant)
-    model.prepare(threads=settings.ort_threads)
-    estimator = Estimator(model, settings)
-    estimator.warm_up()
-    return estimator
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from agelens.age_model import AgeModel
 from agelens.faces import DetectorPool, FoundFaces, find_faces
 from agelens.imaging import decode_image
+from agelens.model_store import resolve_model_dir
 from agelens.quality import FaceQuality
 from agelens.schemas import (
     AgeDistribution,
@@ -163,3 +165,19 @@ class Estimator:
         good = [p for p in prepared if isinstance(p, _Prepared)]
         responses = iter(self._responses(good, include_distribution, started, usable_only))
         return [next(responses) if isinstance(p, _Prepared) else p for p in prepared]
+
+
+def load_estimator(settings: Settings) -> Estimator:
+    """The model the settings name, ready (warmed up) behind an Estimator: what each server
+    worker and each bulk-inference worker holds."""
+    # OpenCV's default pool (one thread per core) splits full-image operations across threads
+    # that spin after every job: CPU the other worker needs, since each worker already keeps one
+    # core busy (benchmarks/results/opencv_threads.json: 1.8 ms of CPU per request beyond wall
+    # time for a colour conversion on the pool; none with one thread).
+    cv2.setNumThreads(settings.opencv_threads or -1)
+    model_dir = resolve_model_dir(settings.model_store, settings.model_name, settings.model_version)
+    model = AgeModel(model_dir, settings.model_variant)
+    model.prepare(threads=settings.ort_threads)
+    estimator = Estimator(model, settings)
+    estimator.warm_up()
+    return estimator
