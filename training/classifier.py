@@ -92,6 +92,9 @@ class OnlineTeachers:
     # batch zoomed to its own crop: an ensemble can look at each face two ways.
     members: list[nn.Module]
     ordinal: OrdinalTeacher | None = None
+    # Per member, the datasets (indices into CachedData.datasets) whose faces it teaches; None:
+    # every face. A face's target is the mean over the members that teach its dataset.
+    routes: list[list[int] | None] | None = None
 
     def __post_init__(self) -> None:
         for m in [*self.members, *([self.ordinal] if self.ordinal is not None else [])]:
@@ -102,10 +105,23 @@ class OnlineTeachers:
         return self.ordinal.embed_dim if self.ordinal is not None else None
 
     @torch.no_grad()
-    def __call__(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def __call__(self, x: Tensor, source: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
         logits = None
         if self.members:
-            probs = torch.stack([m(x).softmax(-1) for m in self.members]).mean(0)
+            probs = torch.stack([m(x).softmax(-1) for m in self.members])  # (M, N, C)
+            if self.routes is not None and source is not None:
+                src = source.to(x.device)
+                w = torch.stack(
+                    [
+                        torch.ones_like(src, dtype=x.dtype)
+                        if r is None
+                        else torch.isin(src, torch.tensor(r, device=x.device)).to(x.dtype)
+                        for r in self.routes
+                    ]
+                )  # (M, N)
+                probs = (probs * w[..., None]).sum(0) / w.sum(0).clamp_min(1e-6)[:, None]
+            else:
+                probs = probs.mean(0)
             logits = probs.clamp_min(1e-12).log()
         embed = self.ordinal.embed_faces(x) if self.ordinal is not None else None
         return logits, embed
@@ -301,7 +317,11 @@ def train_classifier(
             l_label = mixed_label_loss(logits, y, mix, cfg.label_sigma, cfg.l1_weight)
             loss = l_label
             view = flipped.long()
-            t_logits, t_emb = online(x) if online is not None and (use_kd or use_hint) else (None, None)
+            t_logits, t_emb = (
+                online(x, data.train.source[idx])
+                if online is not None and (use_kd or use_hint)
+                else (None, None)
+            )
             if use_kd:
                 if t_logits is None:
                     assert targets.dk_logits is not None

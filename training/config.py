@@ -185,10 +185,14 @@ class BornAgainConfig(BaseModel):
     # student's own augmented, mixed batch resampled to its crop (augment.zoom_to_margin), so
     # consistent teaching works with an ensemble that looks at each face two ways.
     teacher_margins: dict[str, float] = {}
+    # Online only: the datasets whose faces a teacher teaches, keyed by its name in `teachers`
+    # (a teacher not named teaches every face). On a mixture the shipped network can teach the
+    # faces of the population it learnt, and a teacher fine-tuned on the mixture the others.
+    teacher_datasets: dict[str, list[str]] = {}
 
     @model_validator(mode="after")
     def _caches_fit_the_teachers(self) -> BornAgainConfig:
-        for field in ("teacher_caches", "teacher_margins"):
+        for field in ("teacher_caches", "teacher_margins", "teacher_datasets"):
             unknown = sorted(set(getattr(self, field)) - set(self.teachers))
             if unknown:
                 raise ValueError(f"{field} names teachers not in teachers: {unknown}")

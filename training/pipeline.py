@@ -355,7 +355,17 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
             ZoomedView(m, cfg.data.margin, ba.teacher_margins[n]) if n in ba.teacher_margins else m
             for n, (m, _) in zip(ba.teachers, members, strict=True)
         ]
-        online = OnlineTeachers([m.to(device, memory_format=torch.channels_last) for m in viewed], ordinal)
+        routes = [
+            [data.datasets.index(d) for d in ba.teacher_datasets[n] if d in data.datasets]
+            if n in ba.teacher_datasets
+            else None
+            for n in ba.teachers
+        ]
+        online = OnlineTeachers(
+            [m.to(device, memory_format=torch.channels_last) for m in viewed],
+            ordinal,
+            routes if any(r is not None for r in routes) else None,
+        )
     else:
         targets.dk_logits = ensemble_teacher_logits(
             [(m, d.train.crops) for m, d in members], ba.flip_average_targets
