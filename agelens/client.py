@@ -8,6 +8,9 @@ with AgelensClient("http://localhost:8000") as c:
 
 from __future__ import annotations
 
+import asyncio
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,33 @@ def _raise_for(resp: httpx.Response) -> None:
     raise AgelensHTTPError(resp.status_code, code, message, rid, float(ra) if ra and ra.isdigit() else None)
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to retry a request (off unless a client is given one).
+
+    A request is retried when the connection fails or breaks before an answer (a replica that
+    restarts or dies behind a load balancer), and on 503 (over capacity, or still loading), after
+    the server's Retry-After when it sends one, else after an exponential backoff. Estimating an
+    age changes nothing on the server, so a retried POST is safe.
+    """
+
+    retries: int = 3
+    backoff: float = 0.1  # seconds before the first retry; doubled each time
+    max_backoff: float = 2.0
+    max_retry_after: float = 10.0  # never wait longer than this, whatever Retry-After says
+
+    def delay(self, attempt: int, resp: httpx.Response | None) -> float:
+        if resp is not None:
+            value = resp.headers.get("Retry-After", "")
+            if value.strip().isdigit():
+                return min(float(value), self.max_retry_after)
+        return min(self.backoff * 2**attempt, self.max_backoff)
+
+
+def _retryable(resp: httpx.Response) -> bool:
+    return resp.status_code == 503
+
+
 def _params(distribution: bool, usable_only: bool) -> dict[str, str]:
     return {"distribution": str(distribution).lower(), "usable_only": str(usable_only).lower()}
 
@@ -86,18 +116,33 @@ class AgelensClient:
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout, headers=_headers(api_key), transport=transport
         )
+        self.retry = retry
+        self.retries_made = 0  # how many times a request was sent again (for monitoring)
 
     def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        try:
-            resp = self._http.request(method, url, **kw)
-        except httpx.TransportError as exc:
-            raise AgelensConnectionError(f"cannot reach {self._http.base_url}: {exc}") from exc
-        _raise_for(resp)
-        return resp
+        attempts = 1 + (self.retry.retries if self.retry else 0)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                resp = self._http.request(method, url, **kw)
+            except httpx.TransportError as exc:
+                if last or self.retry is None:
+                    raise AgelensConnectionError(f"cannot reach {self._http.base_url}: {exc}") from exc
+                time.sleep(self.retry.delay(attempt, None))
+                self.retries_made += 1
+                continue
+            if not last and self.retry is not None and _retryable(resp):
+                time.sleep(self.retry.delay(attempt, resp))
+                self.retries_made += 1
+                continue
+            _raise_for(resp)
+            return resp
+        raise AssertionError("unreachable")
 
     def estimate(
         self, image: ImageInput, distribution: bool = True, usable_only: bool = False
@@ -140,18 +185,33 @@ class AsyncAgelensClient:
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=timeout, headers=_headers(api_key), transport=transport
         )
+        self.retry = retry
+        self.retries_made = 0
 
     async def _send(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        try:
-            resp = await self._http.request(method, url, **kw)
-        except httpx.TransportError as exc:
-            raise AgelensConnectionError(f"cannot reach {self._http.base_url}: {exc}") from exc
-        _raise_for(resp)
-        return resp
+        attempts = 1 + (self.retry.retries if self.retry else 0)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                resp = await self._http.request(method, url, **kw)
+            except httpx.TransportError as exc:
+                if last or self.retry is None:
+                    raise AgelensConnectionError(f"cannot reach {self._http.base_url}: {exc}") from exc
+                await asyncio.sleep(self.retry.delay(attempt, None))
+                self.retries_made += 1
+                continue
+            if not last and self.retry is not None and _retryable(resp):
+                await asyncio.sleep(self.retry.delay(attempt, resp))
+                self.retries_made += 1
+                continue
+            _raise_for(resp)
+            return resp
+        raise AssertionError("unreachable")
 
     async def estimate(
         self, image: ImageInput, distribution: bool = True, usable_only: bool = False

@@ -69,6 +69,7 @@ class Timings(BaseModel):
     decode_ms: float
     detect_ms: float
     align_ms: float
+    quality_ms: float = Field(0.0, description="Measuring each face's quality")
     infer_ms: float
     total_ms: float
 

@@ -1,8 +1,8 @@
 """In-process latency of one request, split by stage, for a one-face 640x480 JPEG.
 
 The face is a UTKFace test-split photo pasted on a 640x480 background (so needs the dataset).
-Stages: decode, detect, align, infer (all from the Estimator's own timings) and serialise
-(pydantic -> JSON bytes, as FastAPI does).
+Stages: decode, detect, align, quality (the per-face quality measures), infer (all from the
+Estimator's own timings) and serialise (pydantic -> JSON bytes, as FastAPI does).
 
     .venv/bin/python benchmarks/e2e_latency.py > benchmarks/results/e2e_latency.json
 """
@@ -45,7 +45,7 @@ def measure(settings: Settings, n: int) -> dict:
     data = photo()
     for _ in range(20):
         est.estimate(data)
-    stages = ("decode", "detect", "align", "infer", "serialise", "total")
+    stages = ("decode", "detect", "align", "quality", "infer", "serialise", "total")
     rows: dict[str, list[float]] = {k: [] for k in stages}
     for _ in range(n):
         t0 = time.perf_counter()
@@ -53,7 +53,7 @@ def measure(settings: Settings, n: int) -> dict:
         t1 = time.perf_counter()
         r.model_dump_json(exclude_none=True).encode()
         t2 = time.perf_counter()
-        for k in ("decode", "detect", "align", "infer"):
+        for k in ("decode", "detect", "align", "quality", "infer"):
             rows[k].append(getattr(r.timings, f"{k}_ms"))
         rows["serialise"].append((t2 - t1) * 1e3)
         rows["total"].append((t2 - t0) * 1e3)

@@ -138,6 +138,7 @@ class Estimator:
                         decode_ms=round(p.decode_ms, 2),
                         detect_ms=round(p.found.detect_ms, 2),
                         align_ms=round(p.found.align_ms, 2),
+                        quality_ms=round(p.found.quality_ms, 3),
                         infer_ms=round(share, 2),
                         total_ms=round((time.perf_counter() - started) * 1e3, 2),
                     ),

@@ -45,6 +45,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.unusable = Counter(
+            "agelens_unusable_faces_total",
+            "Faces whose quality is not usable, by reason (a face may count under several)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "agelens_in_flight",
             "Requests being processed",

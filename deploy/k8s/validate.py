@@ -71,8 +71,8 @@ def main() -> int:
         errors = validate(docs, args.kubernetes_version)
         kinds = ", ".join(sorted({d["kind"] for d in docs}))
         status = "FAILED" if errors else "ok"
-        version = args.kubernetes_version
-        print(f"{folder.relative_to(K8S)}: {len(docs)} objects ({kinds}) against Kubernetes {version}: {status}")
+        where, version = folder.relative_to(K8S), args.kubernetes_version
+        print(f"{where}: {len(docs)} objects ({kinds}) against Kubernetes {version}: {status}")
         for e in errors:
             print(f"  {e}")
         failed |= bool(errors)

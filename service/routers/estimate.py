@@ -33,11 +33,15 @@ UsableOnly = Annotated[
 def _observe(request: Request, result: EstimateResponse) -> None:
     m = request.app.state.metrics
     m.faces.observe(len(result.faces))
+    for face in result.faces:
+        for reason in face.quality.reasons:
+            m.unusable.labels(reason).inc()
     t = result.timings
     for stage, ms in (
         ("decode", t.decode_ms),
         ("detect", t.detect_ms),
         ("align", t.align_ms),
+        ("quality", t.quality_ms),
         ("infer", t.infer_ms),
     ):
         m.stage.labels(stage).observe(ms / 1e3)
