@@ -11,7 +11,7 @@ from agelens.age_model import INT8_MAX_MAE_LOSS, AgeModel
 from agelens.ages import expected_age, softmax
 from agelens.faces import FaceDetector, find_faces
 from agelens.manifest import ModelManifest, sha256_file
-from agelens.model_store import ModelNotFoundError, available_versions, resolve_model_dir
+from agelens.model_store import ModelNotFoundError, available_versions, is_prerelease, resolve_model_dir
 from tests.conftest import REPO, face_rgb, faces_in_test_split, needs_dataset
 
 STORE = REPO / "model_store"
@@ -33,8 +33,9 @@ def test_every_shipped_version_matches_its_manifest() -> None:
         assert (d / "MODEL_CARD.md").read_text().count("non-commercial") >= 1
 
 
-def test_the_store_keeps_the_served_version_and_the_one_before() -> None:
-    assert len(available_versions(STORE, NAME)) == 2
+def test_the_store_keeps_the_served_release_and_the_one_before() -> None:
+    # Pre-releases (opt-in candidates) are kept beside them.
+    assert len([v for v in available_versions(STORE, NAME) if not is_prerelease(v)]) == 2
 
 
 def test_served_model_meets_the_size_and_parameter_budget() -> None:
@@ -53,6 +54,21 @@ def test_latest_and_pinned_versions(test_store: Path, tmp_path: Path) -> None:
         resolve_model_dir(test_store, NAME, "9.9.9")
     with pytest.raises(ModelNotFoundError, match="no versions"):
         resolve_model_dir(tmp_path, NAME, "latest")
+
+
+def test_a_prerelease_is_served_only_when_named(test_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    store = tmp_path / "store"
+    shutil.copytree(test_store, store)
+    shutil.copytree(store / NAME / "1.1.0", store / NAME / "2.0.0-rc.1")
+    shutil.copytree(store / NAME / "1.1.0", store / NAME / "1.10.0")
+    assert available_versions(store, NAME) == ["1.0.0", "1.1.0", "1.10.0", "2.0.0-rc.1"]
+    assert resolve_model_dir(store, NAME, "latest").name == "1.10.0"
+    assert resolve_model_dir(store, NAME, "2.0.0-rc.1").name == "2.0.0-rc.1"
+    shutil.copytree(store / NAME / "1.1.0", store / NAME / "2.0.0")
+    assert available_versions(store, NAME)[-2:] == ["2.0.0-rc.1", "2.0.0"]
+    assert resolve_model_dir(store, NAME, "latest").name == "2.0.0"
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
