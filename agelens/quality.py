@@ -33,13 +33,15 @@ class QualityThresholds(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    # Chosen on val (300 UTKFace and All-Age-Faces val images, 19 degradations; the table is
-    # benchmarks/results/face_quality_val.json): where the error of the faces past a threshold
-    # rises clearly above that of the clean faces, while few clean faces cross it.
+    # Chosen on val (300 UTKFace and All-Age-Faces val images, 19 degradations, and every clean
+    # val image; benchmarks/results/face_quality_val*.json): where the error of the faces past a
+    # threshold rises clearly above that of the clean faces, while few clean faces cross it. The
+    # pose limits are loose because the keypoint geometry is coarse: on clean UTKFace val faces a
+    # pitch over 20 degrees meant mostly infants (their MAE 2.7), not faces looking down.
     min_eye_distance: float = Field(14.0, ge=0, description="Inter-ocular distance, original pixels")
     min_sharpness: float = Field(0.35, ge=0, description="Laplacian energy of the crop over its variance")
-    max_yaw: float = Field(60.0, gt=0, description="Degrees, from the keypoints")
-    max_pitch: float = Field(20.0, gt=0, description="Degrees, from the keypoints")
+    max_yaw: float = Field(65.0, gt=0, description="Degrees, from the keypoints")
+    max_pitch: float = Field(28.0, gt=0, description="Degrees, from the keypoints")
     min_brightness: float = Field(25.0, ge=0, le=255, description="Mean grey level of the crop")
     max_brightness: float = Field(212.0, ge=0, le=255, description="Mean grey level of the crop")
     min_contrast: float = Field(12.0, ge=0, description="Standard deviation of the crop's grey levels")

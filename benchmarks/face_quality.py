@@ -121,14 +121,19 @@ def faces_of(dataset: str, split: str, n: int, seed: int = 0) -> list[tuple[Path
     return [(entry.root / rows[i].filename, min(rows[i].age, 100)) for i in sorted(picks)]
 
 
-def collect(model: AgeModel, detector: FaceDetector, faces: dict[str, list[tuple[Path, int]]]) -> list[dict]:
+def collect(
+    model: AgeModel,
+    detector: FaceDetector,
+    faces: dict[str, list[tuple[Path, int]]],
+    conditions: dict[str, Callable[[Image], Image]],
+) -> list[dict]:
     """One row per (dataset, image, condition) with a face found: its measures and its error."""
     spec = model.manifest.alignment
     rows = []
     for dataset, items in faces.items():
         for path, age in items:
             rgb = read_image_file(path)
-            for cond, fn in CONDITIONS.items():
+            for cond, fn in conditions.items():
                 found = find_faces(np.ascontiguousarray(fn(rgb)), spec, detector, max_faces=1)
                 if not found.faces:
                     rows.append({"dataset": dataset, "image": path.name, "condition": cond, "found": False})
@@ -239,6 +244,7 @@ def main() -> None:
     ap.add_argument("--per-dataset", type=int, default=300, help="images per dataset")
     ap.add_argument("--datasets", default="utkface,aaf")
     ap.add_argument("--model-version", default="latest")
+    ap.add_argument("--conditions", help="comma-separated subset of the conditions (default: all)")
     ap.add_argument("--rows", type=Path, help="also write every face's measures here (parquet)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -247,13 +253,14 @@ def main() -> None:
     model.prepare(warm_up=False)
     detector = FaceDetector(model.manifest.detector)
     faces = {d: faces_of(d, args.split, args.per_dataset) for d in args.datasets.split(",")}
-    rows = collect(model, detector, faces)
+    conditions = {c: CONDITIONS[c] for c in args.conditions.split(",")} if args.conditions else CONDITIONS
+    rows = collect(model, detector, faces, conditions)
     if args.rows:
         pq.write_table(pa.Table.from_pylist(rows), args.rows)
     out = {
         "model": f"{model.manifest.name}/{model.manifest.version} ({model.variant})",
         "split": args.split,
-        "conditions": list(CONDITIONS),
+        "conditions": list(conditions),
         **summarise(rows, QualityThresholds()),
         "seconds": round(time.time() - t0, 1),
     }
