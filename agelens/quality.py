@@ -107,6 +107,30 @@ def sharpness(gray: NDArray[np.floating]) -> float:
     return float(lap.var() / max(float(gray.var()), 1e-6))
 
 
+def quality_reasons(
+    eye_distance: float,
+    sharpness: float,
+    yaw: float,
+    pitch: float,
+    brightness: float,
+    contrast: float,
+    score: float,
+    t: QualityThresholds,
+) -> tuple[Reason, ...]:
+    """The reasons these measures make a face a poor basis for an estimate (empty: usable).
+    Also what benchmarks/face_quality.py applies to stored measures to try other thresholds."""
+    checks = (
+        (eye_distance < t.min_eye_distance, Reason.TOO_SMALL),
+        (sharpness < t.min_sharpness, Reason.BLURRED),
+        (abs(yaw) > t.max_yaw or abs(pitch) > t.max_pitch, Reason.TURNED),
+        (brightness < t.min_brightness, Reason.TOO_DARK),
+        (brightness > t.max_brightness, Reason.OVEREXPOSED),
+        (contrast < t.min_contrast, Reason.LOW_CONTRAST),
+        (score < t.min_score, Reason.LOW_SCORE),
+    )
+    return tuple(reason for failed, reason in checks if failed)
+
+
 def measure_quality(
     box: tuple[float, float, float, float],
     keypoints: NDArray[np.floating],
@@ -120,16 +144,7 @@ def measure_quality(
     gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY).astype(np.float32)
     brightness, contrast = float(gray.mean()), float(gray.std())
     sharp = sharpness(gray)
-    t = thresholds
-    checks = (
-        (eye_distance < t.min_eye_distance, Reason.TOO_SMALL),
-        (sharp < t.min_sharpness, Reason.BLURRED),
-        (abs(yaw) > t.max_yaw or abs(pitch) > t.max_pitch, Reason.TURNED),
-        (brightness < t.min_brightness, Reason.TOO_DARK),
-        (brightness > t.max_brightness, Reason.OVEREXPOSED),
-        (contrast < t.min_contrast, Reason.LOW_CONTRAST),
-        (score < t.min_score, Reason.LOW_SCORE),
-    )
+    reasons = quality_reasons(eye_distance, sharp, yaw, pitch, brightness, contrast, float(score), thresholds)
     return FaceQuality(
         eye_distance=eye_distance,
         box_short_side=float(min(box[2], box[3])),
@@ -140,5 +155,5 @@ def measure_quality(
         brightness=brightness,
         contrast=contrast,
         score=float(score),
-        reasons=tuple(reason for failed, reason in checks if failed),
+        reasons=reasons,
     )

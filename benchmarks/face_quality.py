@@ -48,7 +48,7 @@ from agelens.age_model import AgeModel  # noqa: E402
 from agelens.faces import FaceDetector, find_faces  # noqa: E402
 from agelens.imaging import read_image_file  # noqa: E402
 from agelens.model_store import resolve_model_dir  # noqa: E402
-from agelens.quality import QualityThresholds, Reason  # noqa: E402
+from agelens.quality import QualityThresholds, Reason, quality_reasons  # noqa: E402
 from training.data import read_split  # noqa: E402
 from training.datasets import load_registry  # noqa: E402
 
@@ -166,17 +166,9 @@ def collect(
 
 
 def reasons(row: dict, t: QualityThresholds) -> list[str]:
-    """The reasons `agelens.quality.measure_quality` gives, from a row's stored measures."""
-    checks = (
-        (row["eye_distance"] < t.min_eye_distance, Reason.TOO_SMALL),
-        (row["sharpness"] < t.min_sharpness, Reason.BLURRED),
-        (abs(row["yaw"]) > t.max_yaw or abs(row["pitch"]) > t.max_pitch, Reason.TURNED),
-        (row["brightness"] < t.min_brightness, Reason.TOO_DARK),
-        (row["brightness"] > t.max_brightness, Reason.OVEREXPOSED),
-        (row["contrast"] < t.min_contrast, Reason.LOW_CONTRAST),
-        (row["score"] < t.min_score, Reason.LOW_SCORE),
-    )
-    return [str(r) for failed, r in checks if failed]
+    """The reasons `agelens.quality` gives, from a row's stored measures."""
+    keys = ("eye_distance", "sharpness", "yaw", "pitch", "brightness", "contrast", "score")
+    return [str(r) for r in quality_reasons(*(row[k] for k in keys), t)]
 
 
 def group(rows: list[dict]) -> dict:
