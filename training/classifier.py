@@ -187,12 +187,6 @@ def val_mae_by_dataset(model: nn.Module, data: CachedData, norm: Normalisation) 
     }
 
 
-def val_mae(model: nn.Module, data: CachedData, norm: Normalisation) -> float:
-    """The model-selection score: the mean of the datasets' val MAE, so that a mixture is chosen
-    for every population it serves, not for the largest one (one dataset: its val MAE)."""
-    return float(np.mean(list(val_mae_by_dataset(model, data, norm).values())))
-
-
 def epoch_order(data: CachedData, shares: list[float] | None, gen: torch.Generator) -> Tensor:
     """The training faces of one epoch: a permutation, or with dataset shares a draw (with
     replacement) in which each dataset takes its share and its faces are drawn alike."""
@@ -353,6 +347,8 @@ def train_classifier(
         # With EMA or SWA on, the averaged weights are what gets validated, kept and exported.
         kept: nn.Module = averaged.module if averaged is not None else model
         by_dataset = val_mae_by_dataset(kept, data, norm)
+        # The model-selection score: the mean of the datasets' val MAE, so that a mixture is
+        # chosen for every population it serves, not for the largest one.
         mae = float(np.mean(list(by_dataset.values())))
         improved = mae < best
         if improved:

@@ -56,11 +56,6 @@ class CachedData:
     def part(self, name: str) -> Part:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
-    def by_dataset(self, name: str) -> dict[str, Part]:
-        """One split part per dataset, keyed by dataset name."""
-        part = self.part(name)
-        return {d: part.of(i) for i, d in enumerate(self.datasets)}
-
 
 def concat_parts(parts: list[Part]) -> Part:
     return Part(

@@ -59,6 +59,15 @@ def report(
     }
 
 
+def check_cache_fits(data: CachedData, manifest: ModelManifest, what: str = "the cache") -> None:
+    """Refuse crops aligned or detected otherwise than the model's manifest says."""
+    if (data.spec, data.detector) != (manifest.alignment, manifest.detector):
+        raise ValueError(
+            f"{what} was built with other alignment or detector settings than the model's "
+            "manifest: rebuild it with `agelens prepare`, or evaluate on the images (--data)"
+        )
+
+
 def model_logits(
     model_dir: Path,
     data: CachedData,
@@ -68,11 +77,7 @@ def model_logits(
     """A model-store entry's raw logits on cached splits, its file fed as the service feeds it."""
     model = load_model(model_dir, variant)
     manifest = model.manifest
-    if (data.spec, data.detector) != (manifest.alignment, manifest.detector):
-        raise ValueError(
-            "the cache was built with other alignment or detector settings than the model's "
-            "manifest: rebuild it with `agelens prepare`, or evaluate on the images (--data)"
-        )
+    check_cache_fits(data, manifest)
     return manifest, {split: model.logits(data.part(split).crops.numpy()) for split in splits}
 
 
@@ -134,10 +139,7 @@ def evaluate_datasets(
     for name in names:
         entry = registry[name]
         data = load_data(entry.cache)
-        if (data.spec, data.detector) != (manifest.alignment, manifest.detector):
-            raise ValueError(
-                f"the {name} cache was built with other settings than the manifest's: rebuild it"
-            )
+        check_cache_fits(data, manifest, f"the {name} cache")
         part = data.part(split)
         logits = model.logits(part.crops.numpy())
         reports[name] = dataset_report(
