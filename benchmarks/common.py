@@ -33,6 +33,20 @@ def photo() -> bytes:
     return buf.getvalue()
 
 
+def dataset_images(dataset: str, split: str, n: int, seed: int = 0) -> list[tuple[Path, int]]:
+    """`n` images of a registry dataset's split part, drawn at random (the same ones for the same
+    seed), in file order, with their ages clipped to 0-100."""
+    import numpy as np
+
+    from training.data import read_split
+    from training.datasets import load_registry
+
+    entry = load_registry()[dataset]
+    rows = [r for r in read_split(entry.split) if r.split == split]
+    picks = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
+    return [(entry.root / rows[i].filename, min(rows[i].age, 100)) for i in sorted(picks)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

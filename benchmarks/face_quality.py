@@ -43,14 +43,15 @@ from numpy.typing import NDArray
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import dataset_images  # noqa: E402
 
 from agelens.age_model import AgeModel  # noqa: E402
 from agelens.faces import FaceDetector, find_faces  # noqa: E402
 from agelens.imaging import read_image_file  # noqa: E402
 from agelens.model_store import resolve_model_dir  # noqa: E402
 from agelens.quality import QualityThresholds, Reason, quality_reasons  # noqa: E402
-from training.data import read_split  # noqa: E402
-from training.datasets import load_registry  # noqa: E402
 
 Image = NDArray[np.uint8]
 
@@ -112,13 +113,6 @@ CONDITIONS: dict[str, Callable[[Image], Image]] = {
     **{f"bright_{f}": partial(brightened, factor=f) for f in (0.4, 0.2)},
     **{f"turned_{d}": partial(turned, degrees=d) for d in (30, 50, 65)},
 }
-
-
-def faces_of(dataset: str, split: str, n: int, seed: int = 0) -> list[tuple[Path, int]]:
-    entry = load_registry()[dataset]
-    rows = [r for r in read_split(entry.split) if r.split == split]
-    picks = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
-    return [(entry.root / rows[i].filename, min(rows[i].age, 100)) for i in sorted(picks)]
 
 
 def collect(
@@ -244,7 +238,7 @@ def main() -> None:
     model = AgeModel(resolve_model_dir(REPO / "model_store", "agelens-student", args.model_version), "auto")
     model.prepare(warm_up=False)
     detector = FaceDetector(model.manifest.detector)
-    faces = {d: faces_of(d, args.split, args.per_dataset) for d in args.datasets.split(",")}
+    faces = {d: dataset_images(d, args.split, args.per_dataset) for d in args.datasets.split(",")}
     conditions = {c: CONDITIONS[c] for c in args.conditions.split(",")} if args.conditions else CONDITIONS
     rows = collect(model, detector, faces, conditions)
     if args.rows:

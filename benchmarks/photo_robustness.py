@@ -32,11 +32,12 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from common import dataset_images  # noqa: E402
 
 from service.estimator import load_estimator  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from training.data import read_split  # noqa: E402
-from training.datasets import load_registry  # noqa: E402
 
 
 def encode(img: Image.Image, quality: int = 90) -> bytes:
@@ -62,13 +63,6 @@ CONDITIONS: dict[str, Callable[[Path], bytes]] = {
 }
 
 
-def test_faces(dataset: str, n: int, seed: int = 0) -> list[tuple[Path, int]]:
-    entry = load_registry()[dataset]
-    rows = [r for r in read_split(entry.split) if r.split == "test"]
-    picks = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
-    return [(entry.root / rows[i].filename, min(rows[i].age, 100)) for i in sorted(picks)]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", type=int, default=1000, help="test images per dataset")
@@ -88,7 +82,7 @@ def main() -> None:
             Settings(model_version=version, model_variant=variant, max_faces=1)
         )
     for dataset in args.datasets.split(","):
-        faces = test_faces(dataset, args.faces)
+        faces = dataset_images(dataset, "test", args.faces)
         inputs = {cond: [fn(p) for p, _ in faces] for cond, fn in CONDITIONS.items()}
         truth = np.array([a for _, a in faces], dtype=np.float64)
         out["datasets"][dataset] = {"faces": len(faces), "models": {}}
