@@ -120,11 +120,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from training.datasets import dataset, ensure_split
     from training.prepare import build_cache
 
-    spec = AlignmentSpec(crop_size=args.crop_size, margin=args.margin)
-    if args.dataset:
-        entry = dataset(args.dataset)
-        records, root = ensure_split(entry), entry.root
+    entry = dataset(args.dataset) if args.dataset else None
+    if entry is not None:
         out = Path(args.out) if args.out else entry.cache
+    elif args.out:
+        out = Path(args.out)
+    else:
+        print("--out is needed with --data or --csv", file=sys.stderr)
+        return 2
+    spec = AlignmentSpec(crop_size=args.crop_size, margin=args.margin)
+    if entry is not None:
+        records, root = ensure_split(entry), entry.root
     elif args.csv:
         records = read_csv_manifest(Path(args.csv))
         root = Path(args.csv).parent
@@ -137,11 +143,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             records, stats = build_utkface_split(root)
             write_split(records, split)
             logging.info("wrote split %s: %s", split, stats)
-    if not args.dataset and not args.out:
-        print("--out is needed with --data or --csv", file=sys.stderr)
-        return 2
-    if not args.dataset:
-        out = Path(args.out)
     stats = build_cache(records, root, out, spec, workers=args.workers)
     print(json.dumps({k: v for k, v in stats.items() if k != "missed"}, indent=2))
     return 0

@@ -93,6 +93,9 @@ def dataset(name: str, path: Path = REGISTRY) -> DatasetEntry:
 
 def build_split(entry: DatasetEntry) -> tuple[list[Record], dict[str, int]]:
     """The dataset's split by its rule (see datasets.toml), with what was found on the way."""
+    if entry.split_rule == "hash" and entry.manifest is not None:
+        # read_csv_manifest gives rows without a split column their hash split.
+        return read_csv_manifest(entry.manifest), {}
     if entry.split_rule == "hash":
 
         def labels(name: str) -> tuple[int, int | None, int | None]:
@@ -101,8 +104,6 @@ def build_split(entry: DatasetEntry) -> tuple[list[Record], dict[str, int]]:
                 raise ValueError(f"{entry.name}: {name} does not match filename_pattern")
             return r.age, r.gender, r.race
 
-        if entry.manifest is not None:
-            return read_csv_manifest(entry.manifest), {}
         return build_utkface_split(entry.root, labels)
     records = entry.scan()
     groups = near_duplicate_groups(perceptual_hashes([entry.root / r.filename for r in records]))

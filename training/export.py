@@ -395,9 +395,12 @@ def export_classifier(
     split_files = [e.split for e in entries] if cfg.data.datasets else [cfg.data.split]
     # One split: its sha256; several: the sha256 of their sha256s, in the datasets' order.
     shas = [sha256_file(f) for f in split_files if f.exists()]
-    split_sha = (
-        shas[0] if len(shas) == 1 else hashlib.sha256("".join(shas).encode()).hexdigest() if shas else ""
-    )
+    if not shas:
+        split_sha = ""
+    elif len(shas) == 1:
+        split_sha = shas[0]
+    else:
+        split_sha = hashlib.sha256("".join(shas).encode()).hexdigest()
     card = render_card(
         ex.name,
         version,

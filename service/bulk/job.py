@@ -3,6 +3,7 @@ engine batch by batch, append each batch's rows, and report progress with tqdm."
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ def run_job(
     """Score every image the inputs name into `out`. A second run with the same `out` skips the
     images already there, so an interrupted job resumes where it stopped (losing at most the
     batches that were in progress)."""
-    workers = workers or (len(__import__("os").sched_getaffinity(0)) or 1)
+    workers = workers or len(os.sched_getaffinity(0)) or 1
     paths = expand_inputs(inputs)
     writer = open_writer(out)
     done = writer.done_paths()
