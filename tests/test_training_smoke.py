@@ -368,9 +368,10 @@ def test_median_age_interpolates_inside_its_class_and_paired_change_has_its_stan
 def test_a_weight_soup_averages_weights_keeps_counters_and_refuses_other_architectures(
     tmp_path: Path,
 ) -> None:
-    from research.weight_soup.soup import average_weights, save_soup
+    from research.weight_soup.soup import save_soup
     from training.classifier import build_classifier, load_classifier
     from training.config import ClassifierConfig
+    from training.interpolate import average_weights
 
     cfg = ClassifierConfig()
     torch.manual_seed(0)

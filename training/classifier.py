@@ -199,6 +199,53 @@ def epoch_order(data: CachedData, shares: list[float] | None, gen: torch.Generat
     return torch.multinomial(weights, n, replacement=True, generator=gen)
 
 
+@torch.no_grad()
+def fit_adapter(
+    adapter: nn.Linear,
+    model: AgeClassifier,
+    data: CachedData,
+    norm: Normalisation,
+    device: torch.device,
+    targets: TeacherTargets,
+    online: OnlineTeachers | None,
+    n: int = 4096,
+    ridge: float = 1e-3,
+) -> None:
+    """Set `adapter` to the ridge regression from the starting network's pooled features to the
+    teacher's unit-length embeddings, over `n` unaugmented train crops (an even, seeded draw).
+    Cosine is blind to scale, so unit-length targets lose nothing and keep the fit well posed."""
+    from training.onnx_import import calibration_sample  # the same seeded draw the BN import uses
+
+    was_training = model.training
+    model.eval()
+    idx = calibration_sample(torch.arange(len(data.train)), n)
+    feats, embeds = [], []
+    for i in range(0, len(idx), 256):
+        part = idx[i : i + 256]
+        x = normalise(to_float(data.train.crops[part].to(device)), norm).contiguous(
+            memory_format=torch.channels_last
+        )
+        feats.append(model.forward_features(x)[0].double())
+        if online is not None and online.ordinal is not None:
+            e = online.ordinal.embed_faces(x)
+        else:
+            assert targets.ordinal_embed is not None
+            e = targets.ordinal_embed[part, 0].to(device)
+        embeds.append(torch.nn.functional.normalize(e.double(), dim=1))
+    f, e = torch.cat(feats), torch.cat(embeds)
+    x = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype, device=f.device)], dim=1)
+    gram = x.T @ x
+    # Ridge relative to the features' mean energy, so its strength does not depend on their scale.
+    shrink = torch.full((x.shape[1],), ridge * float(gram.diagonal()[:-1].mean()), dtype=x.dtype)
+    shrink[-1] = 0.0  # the bias is not shrunk
+    w = torch.linalg.solve(gram + torch.diag(shrink.to(x.device)), x.T @ e)  # (F + 1, E)
+    adapter.weight.copy_(w[:-1].T.float())
+    adapter.bias.copy_(w[-1].float())
+    cos = torch.nn.functional.cosine_similarity(x @ w, e, dim=1).mean()
+    log.info("hint adapter fitted on %d crops: cosine %.3f", len(idx), float(cos))
+    model.train(was_training)
+
+
 def train_classifier(
     cfg: ClassifierConfig,
     data: CachedData,
@@ -246,6 +293,9 @@ def train_classifier(
         # Training-only projection from the student's pooled feature into the teacher's
         # embedding space; it is not part of the exported student.
         adapter = nn.Linear(model.feature_dim, embed_dim).to(device)
+        # A resumed run reloads its adapter from last.pt below.
+        if distill.hint_adapter_init == "fit" and not (out_dir / "last.pt").exists():
+            fit_adapter(adapter, model, data, norm, device, targets, online)
         params += list(adapter.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     n = len(data.train)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -135,6 +136,12 @@ class DistillConfig(BaseModel):
     beta: float = 1.0  # weight of the hint loss
     temperature: float = 4.0
     hint_loss: str = Field("cosine", pattern="^(cosine|l2)$")
+    # The student's projection into the ordinal teacher's embedding: "random" (a fresh layer), or
+    # "fit" (least squares from the starting network's features on unaugmented train crops). A
+    # warm-started student otherwise takes its first hint gradients through a random layer, which
+    # moves the features it started with (the linear-probe-then-fine-tune argument, Kumar et al.
+    # 2022).
+    hint_adapter_init: Literal["random", "fit"] = "random"
 
 
 class AblationConfig(BaseModel):
@@ -148,6 +155,28 @@ class AblationConfig(BaseModel):
     # Which arms to run (training/pipeline.py ARMS). A subset skips the teachers it does not use:
     # the ordinal-teacher experiment runs ["student_ce", "student_hint"] without the DK teacher.
     arms: list[str] = ["student_ce", "student_dk", "student_hint", "student_dk_hint"]
+
+
+class InterpolateConfig(BaseModel):
+    """A point between the student's warm start (`student.init_from`) and the mean of its
+    fine-tunes' weights, chosen on val (training/interpolate.py)."""
+
+    enabled: bool = False
+    # The run folder the chosen network is written to (what [export] source names).
+    name: str = "student_interpolated"
+    # Run folders under run_dir whose best.pt weights are averaged; empty: the born-again runs.
+    members: list[str] = []
+    # Share of the way from the start (0) to the members' mean (1); 0 is always scored too.
+    weights: list[float] = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    # Dataset -> how far its val MAE may rise above the start's. Among the weights that keep
+    # every allowance, the lowest mean val MAE over the datasets wins.
+    keep: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _weights_in_range(self) -> InterpolateConfig:
+        if any(not 0.0 <= w <= 1.0 for w in self.weights):
+            raise ValueError("[interpolate] weights lie in [0, 1]")
+        return self
 
 
 class BornAgainConfig(BaseModel):
@@ -247,6 +276,7 @@ class PipelineConfig(BaseModel):
     distill: DistillConfig = DistillConfig()
     ablation: AblationConfig = AblationConfig()
     born_again: BornAgainConfig = BornAgainConfig()
+    interpolate: InterpolateConfig = InterpolateConfig()
     export: ExportConfig = ExportConfig()
     threads: int = 0  # torch intra-op threads; 0 = all cores
     # Read every teacher (dk_teacher, ordinal_teacher, born-again members) from this earlier run

@@ -35,13 +35,23 @@ from training.datasets import ensure_split, load_registry
 from training.device import module_device, resolve_device
 from training.evaluate import compute_metrics, mean_std, predict_logits
 from training.export import export_classifier
+from training.interpolate import run_interpolation
 from training.models import AgeClassifier, OrdinalTeacher, count_parameters
 from training.onnx_import import student_from_onnx
 from training.ordinal import load_ordinal_teacher, order_accuracy, train_ordinal_teacher
 from training.prepare import build_cache, cache_settings
 
 log = logging.getLogger("agelens.train")
-STAGES = ("prepare", "dk_teacher", "ordinal_teacher", "student", "born_again", "ablation", "export")
+STAGES = (
+    "prepare",
+    "dk_teacher",
+    "ordinal_teacher",
+    "student",
+    "born_again",
+    "interpolate",
+    "ablation",
+    "export",
+)
 TEACHER_STAGES = ("dk_teacher", "ordinal_teacher")
 
 
@@ -385,6 +395,23 @@ def stage_born_again(cfg: PipelineConfig, data: CachedData) -> dict:
     return reports if ba.seeds else reports[ba.name]
 
 
+def stage_interpolate(cfg: PipelineConfig, data: CachedData) -> dict:
+    """The network between the student's warm start and its fine-tunes' mean, chosen on val."""
+    ip = cfg.interpolate
+    if cfg.student.init_from is None:
+        raise ValueError("[interpolate] needs the student's warm start: set [student] init_from")
+    members = [cfg.run_dir / m for m in ip.members] or [cfg.run_dir / n for n, _ in born_again_runs(cfg)]
+    start = (
+        shipped_student(cfg, cfg.student.init_from, data)
+        if cfg.student.init_from.suffix == ".onnx"
+        else load_classifier(cfg.student.init_from)
+    )
+    report = run_interpolation(ip, start, members, data, cfg.run_dir / ip.name)
+    report["test"] = test_report(load_classifier(cfg.run_dir / ip.name / "best.pt"), data)
+    _write_json(cfg.run_dir / ip.name / "result.json", report)
+    return report
+
+
 def best_val_mae(history: Path) -> float:
     """The best val MAE of a classifier run (the epoch its best.pt holds)."""
     return round(min(r["val_mae"] for r in read_history(history)), 4)
@@ -507,6 +534,8 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
         summary["student"] = stage_student(cfg, data, targets)
     if "born_again" in stages and cfg.born_again.enabled:
         summary["born_again"] = stage_born_again(cfg, data)
+    if "interpolate" in stages and cfg.interpolate.enabled:
+        summary["interpolate"] = stage_interpolate(cfg, data)
     if "ablation" in stages and cfg.ablation.enabled:
         assert targets is not None
         summary["ablation"] = stage_ablation(cfg, data, targets)

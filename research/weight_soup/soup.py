@@ -38,26 +38,10 @@ from training.augment import normalised_batches
 from training.classifier import AgeClassifier, load_classifier
 from training.dataset import NORM, CachedData, load_data
 from training.evaluate import paired_mae_change
+from training.interpolate import average_weights
 from training.pipeline import same_faces
 
 log = logging.getLogger("training.soup")
-
-
-def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The mean of the floating-point tensors; integer buffers (BN's batch counters) from the
-    first, since they are not weights and are reset by the BN recomputation anyway."""
-    first = states[0]
-    if any(s.keys() != first.keys() for s in states):
-        raise ValueError("the ingredients are not one architecture (their weight names differ)")
-    out: dict[str, torch.Tensor] = {}
-    for key, value in first.items():
-        if any(s[key].shape != value.shape for s in states):
-            raise ValueError(f"the ingredients are not one architecture ({key} differs in shape)")
-        if value.is_floating_point():
-            out[key] = torch.stack([s[key].float() for s in states]).mean(0).to(value.dtype)
-        else:
-            out[key] = value.clone()
-    return out
 
 
 def ingredient_checkpoint(arg: Path) -> Path:
