@@ -33,9 +33,13 @@ def test_every_shipped_version_matches_its_manifest() -> None:
         assert (d / "MODEL_CARD.md").read_text().count("non-commercial") >= 1
 
 
-def test_the_store_keeps_the_served_release_and_the_one_before() -> None:
-    # Pre-releases (opt-in candidates) are kept beside them.
-    assert len([v for v in available_versions(STORE, NAME) if not is_prerelease(v)]) == 2
+def test_the_store_keeps_the_served_release_the_one_before_and_warm_starts_only() -> None:
+    """Beyond the served release and the one before, a release stays only while a training
+    config starts from it; pre-releases (opt-in candidates) may be kept beside them."""
+    releases = [v for v in available_versions(STORE, NAME) if not is_prerelease(v)]
+    configs = " ".join(p.read_text() for p in (REPO / "training" / "configs").glob("*.toml"))
+    warm_starts = {v for v in releases if f"model_store/{NAME}/{v}/" in configs}
+    assert set(releases) - set(releases[-2:]) <= warm_starts, "a release no config or user needs"
 
 
 def test_served_model_meets_the_size_and_parameter_budget() -> None:
