@@ -116,7 +116,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     _setup_logging()
     from agelens.manifest import AlignmentSpec
-    from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
+    from training.data import read_csv_manifest, utkface_records
     from training.datasets import dataset, ensure_split
     from training.prepare import build_cache
 
@@ -136,13 +136,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         root = Path(args.csv).parent
     else:
         root = Path(args.data)
-        split = Path(args.split)
-        if split.exists():
-            records = read_split(split)
-        else:
-            records, stats = build_utkface_split(root)
-            write_split(records, split)
-            logging.info("wrote split %s: %s", split, stats)
+        records = utkface_records(root, Path(args.split))
     stats = build_cache(records, root, out, spec, workers=args.workers)
     print(json.dumps({k: v for k, v in stats.items() if k != "missed"}, indent=2))
     return 0

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATASET, SPLIT, needs_dataset, split_rows
-from training.data import build_utkface_split, parse_utkface_name, read_csv_manifest, read_split, split_of
+from training.data import (
+    build_utkface_split,
+    parse_utkface_name,
+    read_csv_manifest,
+    read_split,
+    split_of,
+    utkface_records,
+)
 
 ODD_NAMES = {
     "14_0_0_2017011022340900.jpg.chip.jpg": (14, 0, 0),
@@ -56,6 +63,17 @@ def test_duplicates_stay_together_and_conflicts_are_dropped(tmp_path: Path) -> N
     assert a.split == b.split
     assert stats == {"files": 24, "duplicate_groups": 2, "dropped_conflicting": 2}
     assert len(records) == 22
+
+
+def test_a_missing_utkface_split_is_written_once_then_read(tmp_path: Path) -> None:
+    for i in range(12):
+        (tmp_path / f"{20 + i}_0_0_201701010000001{i:02d}.jpg.chip.jpg").write_bytes(f"u{i}".encode())
+    split = tmp_path / "split.csv"
+    first = utkface_records(tmp_path, split)
+    assert split.exists() and read_split(split) == first
+    (tmp_path / "50_0_0_20170101000000999.jpg.chip.jpg").write_bytes(b"new")
+    # The written split is the truth from then on: a new file in the folder does not join it.
+    assert utkface_records(tmp_path, split) == first
 
 
 def test_committed_split_shape() -> None:

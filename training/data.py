@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ SPLITS = ("train", "val", "test")
 # Fractions of the hash space for train / val / test: 70 / 10 / 20.
 SPLIT_BOUNDS = (0.70, 0.80)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+log = logging.getLogger("training.data")
 
 
 @dataclass(frozen=True)
@@ -166,3 +169,14 @@ def record_from_row(row: dict[str, str]) -> Record:
 def read_split(path: Path) -> list[Record]:
     with open(path, newline="", encoding="utf-8") as fh:
         return [record_from_row(row) for row in csv.DictReader(fh)]
+
+
+def utkface_records(root: Path, split: Path) -> list[Record]:
+    """A UTKFace folder's records in `split`'s parts; the split is built from the folder and
+    written first when the file does not exist yet (it is committed, so that is a new copy)."""
+    if split.exists():
+        return read_split(split)
+    records, stats = build_utkface_split(root)
+    write_split(records, split)
+    log.info("wrote split %s: %s", split, stats)
+    return records

@@ -29,7 +29,7 @@ from training.classifier import (
     train_classifier,
 )
 from training.config import ClassifierConfig, DistillConfig, OrdinalConfig, PipelineConfig
-from training.data import build_utkface_split, read_csv_manifest, read_split, write_split
+from training.data import read_csv_manifest, utkface_records
 from training.dataset import AGES, NORM, CachedData, load_data, load_mixture
 from training.datasets import ensure_split, load_registry
 from training.device import module_device, resolve_device
@@ -104,15 +104,7 @@ def stage_prepare(cfg: PipelineConfig) -> None:
             entry = registry[name]
             prepare_cache(ensure_split(entry), entry.root, entry.cache, spec, cfg)
         return
-    if d.kind == "utkface":
-        if d.split.exists():
-            records = read_split(d.split)
-        else:
-            records, stats = build_utkface_split(d.root)
-            write_split(records, d.split)
-            log.info("prepare: wrote split %s (%s)", d.split, stats)
-    else:
-        records = read_csv_manifest(d.split)
+    records = utkface_records(d.root, d.split) if d.kind == "utkface" else read_csv_manifest(d.split)
     prepare_cache(records, d.root, d.cache, spec, cfg)
 
 
