@@ -39,19 +39,19 @@ def _truncate_partial_line(path: Path) -> None:
             fh.truncate(end)
 
 
-class JsonlWriter:
-    def __init__(self, path: Path) -> None:
+class _AppendedLines:
+    """A text file a job appends to, one row per line. Reopened, it loses a partial last line;
+    each batch goes in as one write, then is flushed and synced."""
+
+    def __init__(self, path: Path, newline: str | None = None) -> None:
         self.path = path
-        if path.exists():
+        self.fresh = not path.exists() or path.stat().st_size == 0
+        if not self.fresh:
             _truncate_partial_line(path)
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fh = open(path, "a", newline=newline, encoding="utf-8")  # noqa: SIM115 - closed in close()
 
-    def done_paths(self) -> set[str]:
-        with open(self.path, encoding="utf-8") as fh:
-            return {json.loads(line)["path"] for line in fh if line.strip()}
-
-    def write(self, rows: list[Row]) -> None:
-        self._fh.write("".join(json.dumps(r) + "\n" for r in rows))
+    def _append(self, text: str) -> None:
+        self._fh.write(text)
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
@@ -59,32 +59,38 @@ class JsonlWriter:
         self._fh.close()
 
 
-class CsvWriter:
+class JsonlWriter(_AppendedLines):
+    def done_paths(self) -> set[str]:
+        with open(self.path, encoding="utf-8") as fh:
+            return {json.loads(line)["path"] for line in fh if line.strip()}
+
+    def write(self, rows: list[Row]) -> None:
+        self._append("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _csv_text(rows: list[Row], header: bool = False) -> str:
+    """Rows as CSV text, built whole before it is written: a batch that fails half-way leaves
+    nothing in the file, so no image is left with only some of its faces."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    if header:
+        w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+class CsvWriter(_AppendedLines):
     def __init__(self, path: Path) -> None:
-        self.path = path
-        fresh = not path.exists() or path.stat().st_size == 0
-        if not fresh:
-            _truncate_partial_line(path)
-        self._fh = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._csv = csv.DictWriter(self._fh, fieldnames=COLUMNS, lineterminator="\n")
-        if fresh:
-            self._csv.writeheader()
-            self._fh.flush()
+        super().__init__(path, newline="")
+        if self.fresh:
+            self._append(_csv_text([], header=True))
 
     def done_paths(self) -> set[str]:
         with open(self.path, newline="", encoding="utf-8") as fh:
             return {row["path"] for row in csv.DictReader(fh)}
 
     def write(self, rows: list[Row]) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-        w.writerows(rows)
-        self._fh.write(buf.getvalue())
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
+        self._append(_csv_text(rows))
 
 
 class ParquetWriter:
