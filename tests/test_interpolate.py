@@ -70,7 +70,7 @@ def test_interpolation_scores_every_weight_and_writes_the_chosen_network(tmp_pat
     torch.save(
         {"model": member.state_dict(), "config": cfg.model_dump(), "epoch": 3}, tmp_path / "m" / "best.pt"
     )
-    report = run_interpolation(
+    chosen, report = run_interpolation(
         InterpolateConfig(weights=[0.5, 1.0], keep={}), start, [tmp_path / "m"], data, tmp_path / "out"
     )
     by_weight = {p["weight"]: p for p in report["points"]}
@@ -83,6 +83,7 @@ def test_interpolation_scores_every_weight_and_writes_the_chosen_network(tmp_pat
     saved = torch.load(tmp_path / "out" / "best.pt", weights_only=False)
     assert saved["interpolation"]["weight"] == best["weight"] and saved["epoch"] == 3
     assert served_val_mae(load_classifier(tmp_path / "out" / "best.pt"), data) == best["val_mae"]
+    assert served_val_mae(chosen, data) == best["val_mae"]
     with pytest.raises(ValueError, match="not in the data"):
         run_interpolation(
             InterpolateConfig(keep={"imdb": 0.1}), start, [tmp_path / "m"], data, tmp_path / "x"

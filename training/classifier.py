@@ -216,8 +216,7 @@ def fit_adapter(
     Cosine is blind to scale, so unit-length targets lose nothing and keep the fit well posed."""
     from training.onnx_import import calibration_sample  # the same seeded draw the BN import uses
 
-    was_training = model.training
-    model.eval()
+    model.eval()  # the training loop sets train mode again at each epoch's start
     idx = calibration_sample(torch.arange(len(data.train)), n)
     feats, embeds = [], []
     for i in range(0, len(idx), 256):
@@ -243,7 +242,6 @@ def fit_adapter(
     adapter.bias.copy_(w[-1].float())
     cos = torch.nn.functional.cosine_similarity(x @ w, e, dim=1).mean()
     log.info("hint adapter fitted on %d crops: cosine %.3f", len(idx), float(cos))
-    model.train(was_training)
 
 
 def train_classifier(

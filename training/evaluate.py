@@ -203,3 +203,12 @@ def choose_estimate_temperature(
         "calibrated": mae_at_temperature(val_logits, val_true, ages, calibrated),
     }
     return (calibrated if maes["calibrated"] < maes["raw"] else 1.0), maes
+
+
+def served_temperatures(
+    val_logits: NDArray[np.floating], val_true: NDArray[np.floating], ages: NDArray[np.floating]
+) -> tuple[float, float]:
+    """The two temperatures an export writes into its manifest, both fitted on val: the
+    interval's (90 % coverage) and the age estimate's (raw or calibrated, whichever is better)."""
+    t = fit_temperature(val_logits, val_true, ages)
+    return t, choose_estimate_temperature(val_logits, val_true, ages, t)[0]

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from agelens.ages import expected_age, softmax
-from training.classifier import AgeClassifier, load_classifier
-from training.config import InterpolateConfig
+from training.classifier import AgeClassifier, build_classifier
+from training.config import ClassifierConfig, InterpolateConfig
 from training.dataset import AGES, NORM, CachedData
-from training.evaluate import choose_estimate_temperature, fit_temperature, predict_logits
+from training.evaluate import predict_logits, served_temperatures
 from training.export import ViewAveraged
 
 log = logging.getLogger("training.interpolate")
@@ -61,7 +61,7 @@ def served_val_mae(model: AgeClassifier, data: CachedData) -> dict[str, float]:
     distribution's mean at the temperature chosen on the whole val (as export does)."""
     logits = predict_logits(ViewAveraged(model).eval(), data.val.crops, NORM)
     true = data.val.ages.numpy()
-    t_est, _ = choose_estimate_temperature(logits, true, AGES, fit_temperature(logits, true, AGES))
+    _, t_est = served_temperatures(logits, true, AGES)
     est = expected_age(softmax(logits, t_est), AGES)
     source = data.val.source.numpy()
     return {
@@ -84,16 +84,16 @@ def choose_weight(points: list[dict], keep: dict[str, float]) -> dict:
 
 def run_interpolation(
     cfg: InterpolateConfig, start: AgeClassifier, members: list[Path], data: CachedData, out_dir: Path
-) -> dict:
+) -> tuple[AgeClassifier, dict]:
     """Score every weight of `cfg.weights` (and 0, the start) on val, write the chosen network
-    to `out_dir/best.pt` in the members' checkpoint format, and return the report."""
+    to `out_dir/best.pt` in the members' checkpoint format, and return it with the report."""
     unknown = set(cfg.keep) - set(data.datasets)
     if unknown:
         raise ValueError(f"[interpolate] keep names datasets not in the data: {sorted(unknown)}")
     checkpoints = [torch.load(m / "best.pt", map_location="cpu", weights_only=False) for m in members]
     end = average_weights([c["model"] for c in checkpoints])
     begin = start.state_dict()
-    model = load_classifier(members[0] / "best.pt")
+    model = build_classifier(ClassifierConfig.model_validate(checkpoints[0]["config"]))
     points = []
     for weight in sorted({0.0, *cfg.weights}):
         model.load_state_dict(lerp_weights(begin, end, weight))
@@ -114,7 +114,7 @@ def run_interpolation(
         out_dir / "best.pt",
     )
     log.info("interpolation: weight %.2f chosen on val (%s)", chosen["weight"], chosen["val_mae"])
-    return {
+    return model.eval(), {
         "members": [str(m) for m in members],
         "keep": cfg.keep,
         "chosen_weight": chosen["weight"],

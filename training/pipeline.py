@@ -398,8 +398,8 @@ def stage_interpolate(cfg: PipelineConfig, data: CachedData) -> dict:
         if cfg.student.init_from.suffix == ".onnx"
         else load_classifier(cfg.student.init_from)
     )
-    report = run_interpolation(ip, start, members, data, cfg.run_dir / ip.name)
-    report["test"] = test_report(load_classifier(cfg.run_dir / ip.name / "best.pt"), data)
+    model, report = run_interpolation(ip, start, members, data, cfg.run_dir / ip.name)
+    report["test"] = test_report(model, data)
     _write_json(cfg.run_dir / ip.name / "result.json", report)
     return report
 

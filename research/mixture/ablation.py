@@ -23,10 +23,9 @@ from training.classifier import load_classifier
 from training.dataset import AGES, CachedData, load_mixture
 from training.datasets import load_registry
 from training.evaluate import (
-    choose_estimate_temperature,
-    fit_temperature,
     interval_coverage,
     paired_mae_change,
+    served_temperatures,
 )
 
 
@@ -39,8 +38,7 @@ def score_model(model: nn.Module, data: CachedData) -> dict:
     face's estimate (under "per_face")."""
     logits = flip_logits(model, data, ("val", "test"))
     val_true = data.val.ages.numpy()
-    t = fit_temperature(logits["val"], val_true, AGES)
-    t_est, _ = choose_estimate_temperature(logits["val"], val_true, AGES, t)
+    t, t_est = served_temperatures(logits["val"], val_true, AGES)
     out: dict = {"temperature": t, "estimate_temperature": t_est, "per_face": {}}
     for part in ("val", "test"):
         p = data.part(part)
