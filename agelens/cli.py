@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True)
     t.add_argument(
         "--stages",
-        help="comma-separated subset of: prepare,dk_teacher,ordinal_teacher,student,ablation,export",
+        help="comma-separated subset of the config's stages: prepare, dk_teacher, specialists, "
+        "ordinal_teacher, student, born_again, interpolate, ablation, export",
     )
     t.add_argument(
         "--threads",

@@ -1,5 +1,5 @@
 """Training on several datasets: the registry, the All-Age-Faces split, per-dataset sampling,
-routed teachers and the photo-condition augmentation."""
+specialist teachers, routed teachers and the photo-condition augmentation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from training import pipeline
 from training.augment import photo_conditions
 from training.classifier import OnlineTeachers, epoch_order
+from training.config import PipelineConfig
 from training.data import Record, read_split
 from training.dataset import CachedData, Part, concat_parts
 from training.datasets import DatasetEntry, load_registry
@@ -106,6 +108,65 @@ class Constant(nn.Module):
         out = torch.full((len(x), 5), -20.0)
         out[:, self.cls] = 20.0
         return out
+
+
+def test_only_keeps_the_named_datasets_faces_and_renumbers_them() -> None:
+    parts = [
+        Part(
+            torch.full((n, 4, 4, 3), i, dtype=torch.uint8),
+            torch.full((n,), 10 * (i + 1)),
+            [Record(f"{i}", 0)] * n,
+        )
+        for i, n in enumerate([5, 3, 2])
+    ]
+    both = concat_parts(parts)
+    data = CachedData(both, both, both, spec=None, datasets=["a", "b", "c"])  # type: ignore[arg-type]
+    only = data.only(["c", "a"])
+    assert only.datasets == ["c", "a"]
+    assert only.train.ages.tolist() == [30] * 2 + [10] * 5
+    assert only.train.source.tolist() == [0] * 2 + [1] * 5
+    assert only.test.crops[:, 0, 0, 0].tolist() == [2] * 2 + [0] * 5
+    with pytest.raises(ValueError, match="not in the data"):
+        data.only(["d"])
+
+
+def _mixture_config(**specialists: dict) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {"data": {"datasets": {"utkface": 0.6, "aaf": 0.4}}, "specialists": specialists}
+    )
+
+
+def test_a_specialist_must_learn_datasets_of_the_mixture() -> None:
+    assert _mixture_config(aaf_teacher={"datasets": ["aaf"]}).specialists["aaf_teacher"].datasets == ["aaf"]
+    with pytest.raises(ValueError, match="not in \\[data\\] datasets"):
+        _mixture_config(aaf_teacher={"datasets": ["imdb"]})
+    with pytest.raises(ValueError, match="belongs to another stage"):
+        _mixture_config(dk_teacher={"datasets": ["aaf"]})
+    with pytest.raises(ValueError):
+        _mixture_config(aaf_teacher={"datasets": []})
+
+
+def test_the_specialist_stage_trains_on_its_datasets_faces_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen = {}
+
+    def fake_run(cfg, data, out, device=None, shares=None, **_):  # type: ignore[no-untyped-def]
+        seen.update(cfg=cfg, data=data, out=out, shares=shares)
+        return {"mae": 5.0, "cs5": 0.5}
+
+    monkeypatch.setattr(pipeline, "run_classifier", fake_run)
+    cfg = _mixture_config(aaf_teacher={"datasets": ["aaf"], "epochs": 3}).model_copy(
+        update={"run_dir": tmp_path, "device": "cpu"}
+    )
+    data = _data([7, 4])
+    data.datasets = ["utkface", "aaf"]
+    assert pipeline.stage_specialists(cfg, data) == {"aaf_teacher": {"mae": 5.0, "cs5": 0.5}}
+    assert seen["out"] == tmp_path / "aaf_teacher"
+    assert seen["data"].datasets == ["aaf"] and len(seen["data"].train) == 4
+    assert seen["shares"] is None  # one dataset: every face alike
+    # The checkpoint records training settings only, which load_classifier can read back.
+    assert seen["cfg"].epochs == 3 and not hasattr(seen["cfg"], "datasets")
 
 
 def test_routed_teachers_teach_their_datasets_only() -> None:

@@ -109,6 +109,19 @@ class ClassifierConfig(BaseModel):
         return self
 
 
+class SpecialistConfig(ClassifierConfig):
+    """A teacher of the student's architecture trained with labels on some of the mixture's
+    datasets only. A network that shares its capacity between populations gives up a little on
+    each; a specialist does not, so it can teach its datasets' faces (born-again
+    `teacher_datasets`) better than the mixture's teachers (research/mixture/README.md)."""
+
+    datasets: list[str] = Field(min_length=1)
+
+    def classifier(self) -> ClassifierConfig:
+        """The training settings alone (what its checkpoint records)."""
+        return ClassifierConfig.model_validate(self.model_dump(exclude={"datasets"}))
+
+
 class OrdinalConfig(BaseModel):
     k: int = Field(4, ge=3, le=4)
     min_gap: int = 5
@@ -276,6 +289,9 @@ class PipelineConfig(BaseModel):
     distill: DistillConfig = DistillConfig()
     ablation: AblationConfig = AblationConfig()
     born_again: BornAgainConfig = BornAgainConfig()
+    # Specialist teachers by name, each trained into run_dir/<name> by the `specialists` stage;
+    # born-again `teachers` name them like any other run folder.
+    specialists: dict[str, SpecialistConfig] = {}
     interpolate: InterpolateConfig = InterpolateConfig()
     export: ExportConfig = ExportConfig()
     threads: int = 0  # torch intra-op threads; 0 = all cores
@@ -287,6 +303,16 @@ class PipelineConfig(BaseModel):
     # The stages a plain `agelens train --config` runs, when the recipe is not every stage (the
     # mixture recipe's student is the online `born_again` stage, so it skips `student`).
     stages: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _specialists_learn_the_mixture(self) -> PipelineConfig:
+        for name, spec in self.specialists.items():
+            if name in ("dk_teacher", "ordinal_teacher"):
+                raise ValueError(f"specialist {name!r}: that run folder belongs to another stage")
+            unknown = sorted(set(spec.datasets) - set(self.data.datasets))
+            if unknown:
+                raise ValueError(f"specialist {name!r} names datasets not in [data] datasets: {unknown}")
+        return self
 
     @model_validator(mode="after")
     def _born_again_averages_one_way(self) -> PipelineConfig:

@@ -1,6 +1,7 @@
 """The whole training pipeline from one config file, resumable stage by stage.
 
-    prepare -> dk_teacher -> ordinal_teacher -> student (distilled) -> ablation -> export
+    prepare -> dk_teacher -> specialists -> ordinal_teacher -> student (distilled)
+            -> born_again -> interpolate -> ablation -> export
 
 Every stage writes its outputs under `run_dir`; a stage whose result file exists is skipped, and
 the training stages resume from their last epoch checkpoint, so re-running the same command after
@@ -45,6 +46,7 @@ log = logging.getLogger("agelens.train")
 STAGES = (
     "prepare",
     "dk_teacher",
+    "specialists",
     "ordinal_teacher",
     "student",
     "born_again",
@@ -52,7 +54,7 @@ STAGES = (
     "ablation",
     "export",
 )
-TEACHER_STAGES = ("dk_teacher", "ordinal_teacher")
+TEACHER_STAGES = ("dk_teacher", "specialists", "ordinal_teacher")
 
 
 def teacher_stages_refusal(cfg: PipelineConfig, stages: list[str]) -> str | None:
@@ -174,6 +176,23 @@ def stage_dk_teacher(cfg: PipelineConfig, data: CachedData) -> dict:
     )
     log.info("dark-knowledge teacher: test MAE %.3f CS@5 %.3f", rep["mae"], rep["cs5"])
     return rep
+
+
+def stage_specialists(cfg: PipelineConfig, data: CachedData) -> dict:
+    """Each specialist teacher, trained on its datasets' faces only, drawn by their [data] shares."""
+    reports = {}
+    for name, spec in cfg.specialists.items():
+        shares = [cfg.data.datasets[n] for n in spec.datasets]
+        rep = run_classifier(
+            spec.classifier(),
+            data.only(spec.datasets),
+            cfg.run_dir / name,
+            device=resolve_device(cfg.device),
+            shares=[w / sum(shares) for w in shares] if len(shares) > 1 else None,
+        )
+        log.info("specialist %s (%s): test MAE %.3f CS@5 %.3f", name, spec.datasets, rep["mae"], rep["cs5"])
+        reports[name] = rep
+    return reports
 
 
 def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, lam: float = 1.0) -> np.ndarray:
@@ -513,6 +532,8 @@ def run_pipeline(cfg: PipelineConfig, stages: list[str] | None = None) -> None:
     summary: dict = {}
     if "dk_teacher" in stages:
         summary["dk_teacher"] = stage_dk_teacher(cfg, data)
+    if "specialists" in stages and cfg.specialists:
+        summary["specialists"] = stage_specialists(cfg, data)
     if "ordinal_teacher" in stages:
         summary["ordinal_teacher"] = stage_ordinal(cfg, data)
     targets = None
