@@ -2,8 +2,8 @@
 from the old to the new with its standard error (training.evaluate.paired_mae_change). Each file
 is fed as the service feeds it (agelens.age_model.AgeModel), on the registry's cached crops.
 
-    .venv/bin/python benchmarks/paired_versions.py --old 3.5.0:int8 --new 4.0.0:int8 --split test \\
-        --out benchmarks/results/mixture/paired_3.5.0_4.0.0_test.json
+    .venv/bin/python benchmarks/paired_versions.py --old 4.0.0:int8 --new 4.1.0:int8 --split test \\
+        --out benchmarks/results/mixture/paired_4.0.0_4.1.0_int8_test.json
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ model's MAE against the labels, and how far each face's estimate moves from the 
 - `jpeg_30`: re-encoded at JPEG quality 30 (messaging apps, thumbnails);
 - `grey_jpeg_30`: both.
 
-    .venv/bin/python benchmarks/photo_robustness.py --faces 1000 --models 3.5.0:int8,4.0.0:int8 \\
+    .venv/bin/python benchmarks/photo_robustness.py --faces 1000 --models 4.0.0:int8,4.1.0:int8 \\
         > benchmarks/results/photo_robustness.json
 """
 
@@ -67,7 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", type=int, default=1000, help="test images per dataset")
     ap.add_argument("--datasets", default="utkface,aaf")
-    ap.add_argument("--models", default="3.5.0:int8", help="version:variant,...")
+    ap.add_argument("--models", default="4.1.0:int8", help="version:variant,...")
     args = ap.parse_args()
     out: dict = {
         "faces_per_dataset": args.faces,

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 import torch
 
-from agelens.manifest import ModelManifest, Normalisation
-from tests.conftest import REPO, crops, network_to_fold
+from agelens.manifest import Normalisation
+from tests.conftest import crops, network_to_fold
 from training.augment import normalise, to_float
 from training.config import ClassifierConfig
 from training.export import ViewAveraged, export_onnx, fp32_graph, quantize_int8, shifted
-from training.onnx_import import folded_weights, student_from_onnx
+from training.onnx_import import student_from_onnx
 
 NORM = Normalisation()
-STORE = REPO / "model_store/agelens-student"
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -77,28 +74,3 @@ def test_a_multi_view_graph_gives_back_its_network(tmp_path: Path) -> None:
     x = normalise(to_float(crops(8, 3)), NORM)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x).softmax(1), model(x).softmax(1), atol=1e-5, rtol=0)
-
-
-def test_3_5_0_is_3_4_0s_network_with_the_views_its_config_names() -> None:
-    """The provenance its config states, while the store holds both versions."""
-    if not ((STORE / "3.5.0").is_dir() and (STORE / "3.4.0").is_dir()):
-        pytest.skip("3.5.0 or 3.4.0 has left the store")
-    cfg = tomllib.loads((REPO / "training/configs/utkface_views_3.5.0.toml").read_text())
-    shifts = tuple(tuple(s) for s in cfg["export"]["tta_shifts"])
-    assert cfg["export"]["source"] == "model_store/agelens-student/3.4.0/model.onnx"
-    new, old = STORE / "3.5.0", STORE / "3.4.0"
-    (new_convs, new_head), (old_convs, old_head) = (
-        folded_weights(new / "model.onnx"),
-        folded_weights(old / "model.onnx"),
-    )
-    for (w1, b1), (w0, b0) in zip(new_convs, old_convs, strict=True):
-        assert np.abs(w1 - w0).max() < 1e-3 and np.abs(b1 - b0).max() < 1e-3  # fp16-stored, rounded again
-    assert np.abs(new_head[0] - old_head[0]).max() < 1e-3
-    rebuilt = student_from_onnx(old / "model.onnx", ClassifierConfig(), crops(256, 0), NORM)
-    x = normalise(to_float(crops(16, 4)), NORM)
-    with torch.no_grad():
-        expected = torch.softmax(ViewAveraged(rebuilt, True, shifts)(x), 1).numpy()
-    assert np.abs(probs(session(new / "model.onnx"), x) - expected).max() < 1e-3
-    manifest = ModelManifest.load(new / "manifest.json")
-    assert manifest.alignment == ModelManifest.load(old / "manifest.json").alignment
-    assert f"{(1 + len(shifts)) * 2} passes" in manifest.notes["test_time_augmentation"]

@@ -56,7 +56,7 @@ def test_deployment_is_production_ready(example: dict[str, dict[str, Any]]) -> N
     pod = example["Deployment"]["spec"]["template"]
     spec = pod["spec"]
     (c,) = spec["containers"]
-    assert c["image"] == "registry.example.com/agelens:4.0.0"
+    assert c["image"] == "registry.example.com/agelens:4.1.0"
     assert c["startupProbe"]["httpGet"]["path"] == "/ready"
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"

@@ -60,7 +60,8 @@ def test_smoke_pipeline_end_to_end(tmp_path: Path) -> None:
     assert manifest.int8.sha256 == sha256_file(model_dir / manifest.int8.file)
     # The detector that built the training crops is recorded for the service to use.
     assert manifest.detector == PipelineConfig.load(cfg).data.detector
-    assert "4 passes" in manifest.notes["test_time_augmentation"]  # the config's shift views
+    # The shipped graph: the crop and its mirror, averaged inside the file.
+    assert manifest.notes["test_time_augmentation"] == "horizontal flip, probabilities averaged in the graph"
     # The age's temperature was chosen on val between the raw and the calibrated softmax, and
     # the test MAE is the one at that temperature.
     ex = manifest.metrics.extra
@@ -436,3 +437,31 @@ def test_a_train_fraction_keeps_the_age_mix_in_cache_order() -> None:
     kept_ages = [ages[list(idx).index(i)] for i in half]
     assert np.bincount(kept_ages).tolist() == [5] * 10
     assert len(age_stratified_subset(idx, ages, 0.01)) == 1
+
+
+def test_on_a_mixture_the_interval_temperature_weighs_each_dataset_alike() -> None:
+    """A large dataset the network is sure of and a small one it is not: pooled, the large one sets
+    the temperature and the small one's intervals fall short; weighted alike, the mean of the two
+    datasets' coverage is 90 %."""
+    from agelens.ages import softmax
+    from training.evaluate import fit_temperature, interval_coverage, served_temperatures
+
+    ages = np.arange(101, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    n_sure, n_unsure = 3000, 300
+    true = rng.integers(10, 80, n_sure + n_unsure).astype(np.float64)
+    spread = np.r_[np.full(n_sure, 3.0), np.full(n_unsure, 8.0)]
+    centre = true + rng.normal(0, 1, true.shape) * spread
+    logits = -((ages[None] - centre[:, None]) ** 2) / (2 * 4.0**2)
+    groups = np.r_[np.zeros(n_sure, dtype=np.int64), np.ones(n_unsure, dtype=np.int64)]
+
+    def coverage(t: float) -> list[float]:
+        probs = softmax(logits, t)
+        return [interval_coverage(probs[groups == g], true[groups == g], ages) for g in (0, 1)]
+
+    pooled = coverage(fit_temperature(logits, true, ages))
+    alike = coverage(t_alike := fit_temperature(logits, true, ages, groups=groups))
+    assert abs(np.average(pooled, weights=[n_sure, n_unsure]) - 0.9) < 0.01
+    assert abs(np.mean(alike) - 0.9) < 0.01
+    assert alike[1] > pooled[1] + 0.02  # the small dataset's intervals no longer fall short
+    assert served_temperatures(logits, true, ages, groups)[0] == t_alike

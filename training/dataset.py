@@ -56,6 +56,11 @@ class CachedData:
     def part(self, name: str) -> Part:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    def groups(self, name: str) -> NDArray[np.int64] | None:
+        """Each face's dataset in one part, for calibration that weighs the datasets alike
+        (training.evaluate.fit_temperature); None for one dataset."""
+        return self.part(name).source.numpy() if len(self.datasets) > 1 else None
+
     def only(self, names: list[str]) -> CachedData:
         """The faces of the named datasets only, in that order (a specialist's training data)."""
         unknown = sorted(set(names) - set(self.datasets))

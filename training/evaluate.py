@@ -151,24 +151,43 @@ def demographic_metrics(
     }
 
 
+def per_group_mean(
+    score: Callable[[NDArray[np.bool_]], float], groups: NDArray[np.integer] | None, n: int
+) -> float:
+    """`score` of every face together, or, given each face's group (its dataset), the mean of
+    the groups' scores: each dataset weighs the same whatever its size."""
+    if groups is None:
+        return score(np.ones(n, dtype=bool))
+    return float(np.mean([score(groups == g) for g in np.unique(groups)]))
+
+
 def fit_temperature(
     logits: NDArray[np.floating],
     true_ages: NDArray[np.floating],
     ages: NDArray[np.floating],
     level: float = 0.9,
     grid: Callable[[], NDArray[np.floating]] | None = None,
+    groups: NDArray[np.integer] | None = None,
 ) -> float:
-    """Temperature for the softmax so that the central `level` interval covers `level` of val.
+    """Temperature for the softmax so that the central `level` interval covers `level` of val
+    (with `groups`, the mean of the groups' coverage).
 
     Coverage grows monotonically with T (a flatter distribution gives wider intervals), so a
     fine grid search is exact enough and cannot diverge, unlike an NLL fit that would optimise
-    a different target than the interval we report.
+    a different target than the interval we report. On a mixture, one temperature cannot cover
+    every dataset alike (the network is surer of some than of others); pooled, the largest
+    dataset would set it and the others' intervals would be the short ones, so each dataset
+    weighs the same.
     """
     temps = grid() if grid else np.exp(np.linspace(np.log(0.3), np.log(5.0), 200))
     true = np.asarray(true_ages, dtype=np.float64)
     best_t, best_gap = 1.0, np.inf
     for t in temps:
-        gap = abs(interval_coverage(softmax(logits, float(t)), true, ages, level) - level)
+        probs = softmax(logits, float(t))
+        covered = per_group_mean(
+            lambda rows, p=probs: interval_coverage(p[rows], true[rows], ages, level), groups, len(true)
+        )
+        gap = abs(covered - level)
         if gap < best_gap:
             best_t, best_gap = float(t), gap
     return best_t
@@ -206,9 +225,14 @@ def choose_estimate_temperature(
 
 
 def served_temperatures(
-    val_logits: NDArray[np.floating], val_true: NDArray[np.floating], ages: NDArray[np.floating]
+    val_logits: NDArray[np.floating],
+    val_true: NDArray[np.floating],
+    ages: NDArray[np.floating],
+    groups: NDArray[np.integer] | None = None,
 ) -> tuple[float, float]:
     """The two temperatures an export writes into its manifest, both fitted on val: the
-    interval's (90 % coverage) and the age estimate's (raw or calibrated, whichever is better)."""
-    t = fit_temperature(val_logits, val_true, ages)
+    interval's (90 % coverage; each dataset weighing the same when `groups` gives each face's
+    dataset) and the age estimate's (raw or calibrated, whichever has the lower val MAE over
+    every face: a guard against a readout that is worse than the raw softmax, not a fit)."""
+    t = fit_temperature(val_logits, val_true, ages, groups=groups)
     return t, choose_estimate_temperature(val_logits, val_true, ages, t)[0]

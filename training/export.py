@@ -353,7 +353,8 @@ def export_classifier(
     diff_shipped = parity(model, runner, data.test.crops[:256], NORM)
     val_true, test_true = data.val.ages.numpy(), data.test.ages.numpy()
     val_logits = runner.logits(data.val.crops.numpy())
-    temperature = fit_temperature(val_logits, val_true, AGES)
+    val_groups = data.groups("val")
+    temperature = fit_temperature(val_logits, val_true, AGES, groups=val_groups)
     estimate_t, val_maes = choose_estimate_temperature(val_logits, val_true, AGES, temperature)
     test_logits = runner.logits(data.test.crops.numpy())
     # Every test figure is the service's answer: the age at the estimate temperature, the

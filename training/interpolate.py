@@ -58,10 +58,10 @@ def lerp_weights(start: State, end: State, weight: float) -> State:
 
 def served_val_mae(model: AgeClassifier, data: CachedData) -> dict[str, float]:
     """Per dataset, the val MAE of the age the export serves: crop and mirror averaged, the
-    distribution's mean at the temperature chosen on the whole val (as export does)."""
+    distribution's mean at the temperature chosen on val (as export does)."""
     logits = predict_logits(ViewAveraged(model).eval(), data.val.crops, NORM)
     true = data.val.ages.numpy()
-    _, t_est = served_temperatures(logits, true, AGES)
+    _, t_est = served_temperatures(logits, true, AGES, data.groups("val"))
     est = expected_age(softmax(logits, t_est), AGES)
     source = data.val.source.numpy()
     return {

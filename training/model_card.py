@@ -37,6 +37,11 @@ def _estimate_line(estimate_temperature: float, metrics: Metrics) -> str:
     )
 
 
+CALIBRATION_ON_A_MIXTURE = (
+    " on average over the datasets, each weighing the same (pooled, the largest dataset would set"
+    " it and the others' intervals would be the short ones)"
+)
+
 PER_DATASET = (
     "Each dataset's test split, as the service answers: the age at the estimate temperature, the "
     "interval at the calibrated one."
@@ -94,6 +99,8 @@ def render_card(
             f"{q.test_cs5:.3f} (static QDQ quantisation, per-channel 7-bit weights, calibrated on 512 "
             f"val crops); its 90 % interval covers {q.coverage90_calibrated:.1%} of test faces\n"
         )
+    calibration = (CALIBRATION_ON_A_MIXTURE if by_dataset else "") + ". "
+    calibration += _estimate_line(estimate_temperature, metrics)
     return f"""# Model card: {name} {version}
 
 {description}.
@@ -125,7 +132,7 @@ algorithm and checked by a person), so they are apparent, not verified chronolog
 - Latency: measured by `benchmarks/model_latency.py`, output in
   `benchmarks/results/model_latency.json` (one thread, batch 1 and 8).
 {int8}- Uncertainty: softmax temperature {temperature:.3f}, fitted on val so the 90 % interval covers
-  90 % of val faces. {_estimate_line(estimate_temperature, metrics)}
+  90 % of val faces{calibration}
 
 ## Test metrics
 {PER_DATASET if by_dataset else ""}

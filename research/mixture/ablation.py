@@ -1,6 +1,7 @@
 """What training on the mixture is worth: the same recipe on UTKFace alone against UTKFace and
 All-Age-Faces together, 2 seeds each, every network scored on both datasets' val and test as the
-export serves it (flip-averaged; temperatures fitted on the mixture's val, as export does).
+export serves it (flip-averaged; temperatures fitted on the mixture's val faces pooled, as export
+did before 4.1.0).
 
     python -m research.mixture.ablation \\
         --arm utkface_only runs/mixture-utk-only/student_seed0 runs/mixture-utk-only/student_seed1 \\
