@@ -464,4 +464,4 @@ def test_on_a_mixture_the_interval_temperature_weighs_each_dataset_alike() -> No
     assert abs(np.average(pooled, weights=[n_sure, n_unsure]) - 0.9) < 0.01
     assert abs(np.mean(alike) - 0.9) < 0.01
     assert alike[1] > pooled[1] + 0.02  # the small dataset's intervals no longer fall short
-    assert served_temperatures(logits, true, ages, groups)[0] == t_alike
+    assert served_temperatures(logits, true, ages, groups).interval == t_alike

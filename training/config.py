@@ -57,12 +57,13 @@ class DataConfig(BaseModel):
         registry = load_registry()
         return {name: registry[name].cache for name in self.datasets}
 
-    def shares(self) -> list[float] | None:
-        """Each dataset's share of the training draws (None: every face alike, one dataset)."""
-        if len(self.datasets) < 2:
+    def shares(self, names: list[str] | None = None) -> list[float] | None:
+        """Each dataset's share of the training draws, among `names` (default: every dataset),
+        in their order (None: every face alike, one dataset)."""
+        weights = [self.datasets[n] for n in (self.datasets if names is None else names)]
+        if len(weights) < 2:
             return None
-        total = sum(self.datasets.values())
-        return [w / total for w in self.datasets.values()]
+        return [w / sum(weights) for w in weights]
 
 
 class ClassifierConfig(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -224,15 +225,22 @@ def choose_estimate_temperature(
     return (calibrated if maes["calibrated"] < maes["raw"] else 1.0), maes
 
 
+class ServedTemperatures(NamedTuple):
+    interval: float
+    estimate: float
+    # The val MAE of the two readouts the estimate was chosen between ("raw", "calibrated").
+    val_maes: dict[str, float]
+
+
 def served_temperatures(
     val_logits: NDArray[np.floating],
     val_true: NDArray[np.floating],
     ages: NDArray[np.floating],
     groups: NDArray[np.integer] | None = None,
-) -> tuple[float, float]:
+) -> ServedTemperatures:
     """The two temperatures an export writes into its manifest, both fitted on val: the
     interval's (90 % coverage; each dataset weighing the same when `groups` gives each face's
     dataset) and the age estimate's (raw or calibrated, whichever has the lower val MAE over
     every face: a guard against a readout that is worse than the raw softmax, not a fit)."""
     t = fit_temperature(val_logits, val_true, ages, groups=groups)
-    return t, choose_estimate_temperature(val_logits, val_true, ages, t)[0]
+    return ServedTemperatures(t, *choose_estimate_temperature(val_logits, val_true, ages, t))

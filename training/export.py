@@ -36,12 +36,11 @@ from training.dataset import AGES, NORM, CachedData
 from training.dataset_report import reports_by_dataset
 from training.datasets import load_registry
 from training.evaluate import (
-    choose_estimate_temperature,
     demographic_metrics,
-    fit_temperature,
     interval_coverage,
     mae_at_temperature,
     served_metrics,
+    served_temperatures,
 )
 from training.model_card import render_card
 from training.models import conv_flops, count_parameters
@@ -353,9 +352,7 @@ def export_classifier(
     diff_shipped = parity(model, runner, data.test.crops[:256], NORM)
     val_true, test_true = data.val.ages.numpy(), data.test.ages.numpy()
     val_logits = runner.logits(data.val.crops.numpy())
-    val_groups = data.groups("val")
-    temperature = fit_temperature(val_logits, val_true, AGES, groups=val_groups)
-    estimate_t, val_maes = choose_estimate_temperature(val_logits, val_true, AGES, temperature)
+    temperature, estimate_t, val_maes = served_temperatures(val_logits, val_true, AGES, data.groups("val"))
     test_logits = runner.logits(data.test.crops.numpy())
     # Every test figure is the service's answer: the age at the estimate temperature, the
     # interval at the calibrated one.

@@ -61,7 +61,7 @@ def served_val_mae(model: AgeClassifier, data: CachedData) -> dict[str, float]:
     distribution's mean at the temperature chosen on val (as export does)."""
     logits = predict_logits(ViewAveraged(model).eval(), data.val.crops, NORM)
     true = data.val.ages.numpy()
-    _, t_est = served_temperatures(logits, true, AGES, data.groups("val"))
+    t_est = served_temperatures(logits, true, AGES, data.groups("val")).estimate
     est = expected_age(softmax(logits, t_est), AGES)
     source = data.val.source.numpy()
     return {

@@ -182,13 +182,12 @@ def stage_specialists(cfg: PipelineConfig, data: CachedData) -> dict:
     """Each specialist teacher, trained on its datasets' faces only, drawn by their [data] shares."""
     reports = {}
     for name, spec in cfg.specialists.items():
-        shares = [cfg.data.datasets[n] for n in spec.datasets]
         rep = run_classifier(
             spec.classifier(),
             data.only(spec.datasets),
             cfg.run_dir / name,
             device=resolve_device(cfg.device),
-            shares=[w / sum(shares) for w in shares] if len(shares) > 1 else None,
+            shares=cfg.data.shares(spec.datasets),
         )
         log.info("specialist %s (%s): test MAE %.3f CS@5 %.3f", name, spec.datasets, rep["mae"], rep["cs5"])
         reports[name] = rep

@@ -39,7 +39,7 @@ def score_model(model: nn.Module, data: CachedData) -> dict:
     face's estimate (under "per_face")."""
     logits = flip_logits(model, data, ("val", "test"))
     val_true = data.val.ages.numpy()
-    t, t_est = served_temperatures(logits["val"], val_true, AGES)
+    t, t_est, _ = served_temperatures(logits["val"], val_true, AGES)
     out: dict = {"temperature": t, "estimate_temperature": t_est, "per_face": {}}
     for part in ("val", "test"):
         p = data.part(part)

@@ -62,7 +62,7 @@ def breakdown(pred: NDArray[np.floating], true: NDArray[np.floating], genders: l
 
 def score(run: Path, data: CachedData) -> tuple[dict, dict[str, NDArray[np.floating]]]:
     logits = flip_logits(load_classifier(run / "best.pt"), data, ("val", "test"))
-    _, t_est = served_temperatures(logits["val"], data.val.ages.numpy(), AGES)
+    t_est = served_temperatures(logits["val"], data.val.ages.numpy(), AGES).estimate
     estimates = {part: expected_age(softmax(lg, t_est), AGES) for part, lg in logits.items()}
     report: dict = {"run": str(run), "estimate_temperature": t_est}
     for part, est in estimates.items():
